@@ -1,0 +1,76 @@
+# lua-asyncore: build, test, check, install.
+#   make            build asyncore/core.so (-O2, warnings are errors)
+#   make test       run the busted specs under Lua 5.4; last line "N passed, N failed"
+#   make check      the specs under AddressSanitizer + UBSan, then under valgrind memcheck
+#   make bench      examples/echo_server.lua against Python's asyncore (bench/README.md)
+#   make install PREFIX=/usr/local
+
+LUA       ?= lua5.4
+LUA_V     ?= 5.4
+LUA_INC   ?= $(shell pkg-config --cflags lua$(LUA_V) 2>/dev/null || echo -I/usr/include/lua$(LUA_V))
+CC        ?= cc
+CFLAGS    ?= -O2 -g
+LDFLAGS   ?=
+WARN       = -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
+             -Wcast-qual -Wwrite-strings -Wundef -Wpointer-arith
+ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_INC) -Isrc $(CFLAGS)
+BUSTED    ?= /usr/bin/busted
+
+PREFIX    ?= /usr/local
+LUADIR    ?= $(PREFIX)/share/lua/$(LUA_V)
+CMODDIR   ?= $(PREFIX)/lib/lua/$(LUA_V)
+
+SRCS = $(wildcard src/*.c)
+OBJS = $(SRCS:.c=.o)
+HDRS = $(wildcard src/*.h)
+SO   = asyncore/core.so
+
+.PHONY: all test check check-asan check-valgrind bench install uninstall clean lint
+
+all: $(SO)
+
+src/%.o: src/%.c $(HDRS)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(SO): $(OBJS)
+	@mkdir -p asyncore
+	$(CC) -shared -o $@ $(OBJS) $(LDFLAGS)
+
+test: $(SO)
+	@sh spec/run.sh $(LUA) $(BUSTED)
+
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+check: check-asan check-valgrind
+
+check-asan:
+	$(MAKE) clean
+	$(MAKE) all CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined"
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  sh spec/run.sh $(LUA) $(BUSTED)
+	$(MAKE) clean
+
+check-valgrind:
+	$(MAKE) clean
+	$(MAKE) all
+	AC_VALGRIND=1 sh spec/run.sh "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $(LUA)" $(BUSTED)
+
+bench: $(SO)
+	sh bench/run.sh
+
+install: $(SO)
+	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore
+	install -m 644 lua/asyncore.lua lua/asynchat.lua $(DESTDIR)$(LUADIR)/
+	install -m 644 lua/asyncore/class.lua $(DESTDIR)$(LUADIR)/asyncore/
+	install -m 755 $(SO) $(DESTDIR)$(CMODDIR)/asyncore/
+
+uninstall:
+	rm -f $(DESTDIR)$(LUADIR)/asyncore.lua $(DESTDIR)$(LUADIR)/asynchat.lua
+	rm -rf $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore
+
+clean:
+	rm -f src/*.o $(SO)
+
+lint:
+	luacheck lua spec examples

@@ -1,0 +1,343 @@
+--- lua-asyncore: Python's asyncore for Lua 5.4, with the event loop in C.
+--
+-- This module is the thin Lua layer: the classes (`dispatcher`,
+-- `dispatcher_with_send`, `file_dispatcher`), their default handlers, and the
+-- loop entry points. System calls, buffering, the poll backends and the
+-- timers live in the C core (`asyncore.core`); the methods that run on every
+-- event (`recv`, `send`, the stock predicates and event handlers) are C
+-- functions stored straight into the classes.
+--
+-- Handlers run under a protected call from C: they cannot yield (a handler is
+-- not a coroutine), and an error in one goes to that channel's
+-- `handle_error(err, traceback)` while the loop keeps serving the others.
+local core = require "asyncore.core"
+local Object = require "asyncore.class"
+
+local type, tostring, pcall, error, pairs, ipairs, getmetatable, setmetatable =
+  type, tostring, pcall, error, pairs, ipairs, getmetatable, setmetatable
+local io_type, io_stderr, print = io.type, io.stderr, print
+local format, concat = string.format, table.concat
+
+local M = {}
+M._VERSION = core._VERSION
+
+M.AF_INET, M.AF_INET6, M.AF_UNIX = core.AF_INET, core.AF_INET6, core.AF_UNIX
+M.SOCK_STREAM, M.SOCK_DGRAM = core.SOCK_STREAM, core.SOCK_DGRAM
+
+--- The global map: fd -> channel. Channels add themselves and leave on close.
+M.socket_map = {}
+
+--- Raise it (`error(asyncore.ExitNow)`) in a callback to leave `loop()`.
+M.ExitNow = setmetatable({}, {
+  __name = "asyncore.ExitNow",
+  __tostring = function() return "asyncore.ExitNow" end,
+})
+
+core.init(M, M.socket_map, M.ExitNow)
+
+M.socket = core.socket
+M.is_error = core.is_error
+M.backends = core.backends
+M.call_later = core.call_later
+M.call_every = core.call_every
+M.Object = Object
+
+--- Where an error in a timer callback goes; a script may replace it.
+function M.handle_timer_error(err, traceback)
+  io_stderr:write(format("error: uncaught error in timer callback: %s\n%s\n",
+    tostring(err), traceback or ""))
+end
+
+local socket_mt = core._socket_mt
+local function is_socket(v) return getmetatable(v) == socket_mt end
+
+local function argerror(n, fname, msg, level)
+  error(format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
+end
+
+local function checkmap(map, n, fname)
+  if map ~= nil and type(map) ~= "table" then
+    argerror(n, fname, "table expected, got " .. type(map), 2)
+  end
+  return map
+end
+
+---------------------------------------------------------------------------
+-- the loop
+---------------------------------------------------------------------------
+
+--- Run passes until `count` are done, or the map is empty and no timer is
+-- pending. `loop(timeout, use_poll, map, count)` or
+-- `loop{timeout=, use_poll=, map=, count=, backend=}`.
+function M.loop(timeout, use_poll, map, count)
+  local backend
+  if type(timeout) == "table" then
+    local o = timeout
+    timeout, use_poll, map, count, backend = o.timeout, o.use_poll, o.map, o.count, o.backend
+  end
+  if timeout == nil then timeout = 30.0 end
+  if type(timeout) ~= "number" then argerror(1, "loop", "timeout: number expected, got " .. type(timeout)) end
+  if timeout < 0 then argerror(1, "loop", "timeout must be >= 0") end
+  checkmap(map, 3, "loop")
+  if count ~= nil and math.type(count) ~= "integer" then
+    argerror(4, "loop", "count: integer expected, got " .. type(count))
+  end
+  if backend ~= nil and type(backend) ~= "string" then
+    argerror(1, "loop", "backend: string expected, got " .. type(backend))
+  end
+  if count ~= nil and count <= 0 then return end
+  if backend == nil then backend = use_poll and "poll" or "auto" end
+  return core.loop(map or M.socket_map, timeout, count, backend)
+end
+
+local function one_pass(backend, fname)
+  return function(timeout, map)
+    if timeout == nil then timeout = 0.0 end
+    if type(timeout) ~= "number" or timeout < 0 then
+      argerror(1, fname, "number >= 0 expected, got " .. tostring(timeout))
+    end
+    checkmap(map, 2, fname)
+    return core.loop(map or M.socket_map, timeout, 1, backend, true)
+  end
+end
+
+--- One pass with select(); `poll2`/`poll3`: one pass with poll().
+M.poll = one_pass("select", "poll")
+M.poll2 = one_pass("poll", "poll2")
+M.poll3 = M.poll2
+
+--- Close every channel of the map (default: socket_map) and empty it.
+function M.close_all(map, ignore_all)
+  map = checkmap(map, 1, "close_all") or M.socket_map
+  local chans = {}
+  for _, ch in pairs(map) do chans[#chans + 1] = ch end
+  for _, ch in ipairs(chans) do
+    local ok, err = pcall(ch.close, ch)
+    if not ok then
+      if err == M.ExitNow or not (ignore_all or M.is_error(err, "EBADF")) then
+        error(err, 0)
+      end
+    end
+  end
+  for k in pairs(map) do map[k] = nil end
+end
+
+---------------------------------------------------------------------------
+-- dispatcher
+---------------------------------------------------------------------------
+
+local dispatcher = Object:extend()
+dispatcher.__name = "asyncore.dispatcher"
+dispatcher.debug = false
+dispatcher.connected = false
+dispatcher.accepting = false
+dispatcher.connecting = false
+dispatcher.closing = false
+dispatcher.addr = nil
+dispatcher.ignore_log_types = { warning = true }
+
+local C = core.dispatcher
+for _, name in ipairs { "recv", "send", "accept", "readable", "writable", "handle_read_event",
+  "handle_write_event", "handle_accept", "handle_connect_event", "fileno" } do
+  dispatcher[name] = C[name]
+end
+dispatcher.add_channel = core.add_channel
+dispatcher.del_channel = core.del_channel
+local update_interest = core.update_interest
+
+local function sockof(self, fname)
+  local s = self.socket
+  if s == nil then error(format("%s: the dispatcher has no socket", fname), 3) end
+  return s
+end
+
+--- `dispatcher(sock, map)`: both optional. With a socket (say from accept),
+-- it is made non-blocking, the channel joins the map, and `connected` and
+-- `addr` come from its peer.
+function dispatcher:init(sock, map)
+  if map ~= nil then
+    checkmap(map, 2, "dispatcher")
+    self._map = map
+  end
+  if sock ~= nil then
+    if not is_socket(sock) then
+      argerror(1, "dispatcher", "asyncore.socket expected, got " .. type(sock))
+    end
+    sock:setblocking(false)
+    self:set_socket(sock, map)
+    self.connected = true
+    local ok, addr = pcall(sock.getpeername, sock)
+    if ok then
+      self.addr = addr
+    elseif M.is_error(addr, "ENOTCONN") or M.is_error(addr, "EINVAL") then
+      self.connected = false          -- an unconnected socket
+    else
+      self:del_channel(map)
+      error(addr, 0)
+    end
+  end
+end
+
+function dispatcher:__tostring()
+  local cls = getmetatable(self)
+  local status = { cls and cls.__name or "dispatcher" }
+  if self.accepting and self.addr then
+    status[#status + 1] = "listening"
+  elseif self.connected then
+    status[#status + 1] = "connected"
+  end
+  local a = self.addr
+  if a ~= nil then
+    if type(a) == "table" then
+      status[#status + 1] = format("%s:%s", tostring(a[1]), tostring(a[2]))
+    else
+      status[#status + 1] = tostring(a)
+    end
+  end
+  return format("<%s at %p>", concat(status, " "), self)
+end
+
+--- Create the channel's socket (default AF_INET, SOCK_STREAM) and join the map.
+function dispatcher:create_socket(family, stype)
+  local sock = core.socket(family, stype)
+  self.family_and_type = { family or M.AF_INET, stype or M.SOCK_STREAM }
+  self:set_socket(sock)
+end
+
+function dispatcher:set_socket(sock, map)
+  if not is_socket(sock) then
+    argerror(1, "set_socket", "asyncore.socket expected, got " .. type(sock))
+  end
+  checkmap(map, 2, "set_socket")
+  self.socket = sock
+  self:add_channel(map)
+end
+
+--- Allow a server to re-bind its port at once (SO_REUSEADDR); errors are ignored.
+function dispatcher:set_reuse_addr()
+  local s = sockof(self, "set_reuse_addr")
+  pcall(s.setsockopt, s, "reuseaddr", true)
+end
+
+function dispatcher:listen(num)
+  local s = sockof(self, "listen")
+  self.accepting = true
+  local r = s:listen(num)
+  update_interest(self)
+  return r
+end
+
+function dispatcher:bind(addr, port)
+  local s = sockof(self, "bind")
+  local r = s:bind(addr, port)
+  if port ~= nil then addr = { addr, port } end
+  self.addr = addr
+  return r
+end
+
+--- Start a non-blocking connect; `handle_connect` runs when it completes.
+function dispatcher:connect(addr, port)
+  local s = sockof(self, "connect")
+  self.connected = false
+  self.connecting = true
+  local done = s:connect(addr, port)
+  if port ~= nil then addr = { addr, port } end
+  self.addr = addr
+  if done then
+    self:handle_connect_event()
+  else
+    update_interest(self)
+  end
+end
+
+function dispatcher:close()
+  self.connected = false
+  self.accepting = false
+  self.connecting = false
+  self:del_channel()
+  local s = self.socket
+  if s ~= nil then s:close() end
+end
+
+function dispatcher:log(message)
+  io_stderr:write("log: ", tostring(message), "\n")
+end
+
+function dispatcher:log_info(message, mtype)
+  mtype = mtype or "info"
+  local ignore = self.ignore_log_types
+  if not (ignore and ignore[mtype]) then
+    print(format("%s: %s", tostring(mtype), tostring(message)))
+  end
+end
+
+function dispatcher:handle_expt_event()
+  local s = sockof(self, "handle_expt_event")
+  if s:getsockopt("error") ~= 0 then
+    self:handle_close()
+  else
+    self:handle_expt()
+  end
+end
+
+function dispatcher:handle_error(err, traceback)
+  local ok, repr = pcall(tostring, self)
+  if not ok then repr = format("<__tostring failed for object at %p>", self) end
+  self:log_info(format("uncaptured error, closing channel %s (%s)\n%s", repr,
+    tostring(err), traceback or ""), "error")
+  self:handle_close()
+end
+
+function dispatcher:handle_expt() self:log_info("unhandled incoming priority event", "warning") end
+function dispatcher:handle_read() self:log_info("unhandled read event", "warning") end
+function dispatcher:handle_write() self:log_info("unhandled write event", "warning") end
+function dispatcher:handle_connect() self:log_info("unhandled connect event", "warning") end
+
+function dispatcher:handle_accepted(sock, addr)
+  sock:close()
+  self:log_info("unhandled accepted event", "warning")
+end
+
+function dispatcher:handle_close()
+  self:log_info("unhandled close event", "warning")
+  self:close()
+end
+
+M.dispatcher = dispatcher
+
+---------------------------------------------------------------------------
+-- dispatcher_with_send: send() never loses data (the buffer is in C)
+---------------------------------------------------------------------------
+
+local dispatcher_with_send = dispatcher:extend()
+dispatcher_with_send.__name = "asyncore.dispatcher_with_send"
+for name, fn in pairs(core.dispatcher_with_send) do dispatcher_with_send[name] = fn end
+M.dispatcher_with_send = dispatcher_with_send
+
+---------------------------------------------------------------------------
+-- file_dispatcher: pipes, ttys, stdin
+---------------------------------------------------------------------------
+
+local file_dispatcher = dispatcher:extend()
+file_dispatcher.__name = "asyncore.file_dispatcher"
+
+--- `file_dispatcher(fd_or_file [, map])`: works on a duplicate of the descriptor.
+function file_dispatcher:init(fd, map)
+  dispatcher.init(self, nil, map)
+  self.connected = true
+  if io_type(fd) then
+    fd = core.fileno_of(fd)
+  elseif math.type(fd) ~= "integer" then
+    argerror(1, "file_dispatcher", "file or descriptor expected, got " .. type(fd))
+  end
+  self:set_file(fd)
+end
+
+function file_dispatcher:set_file(fd)
+  self.socket = core.wrapfd(fd)
+  self:add_channel()
+end
+
+M.file_dispatcher = file_dispatcher
+
+return M

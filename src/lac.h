@@ -1,0 +1,138 @@
+/*
+** lac.h: what the Lua-binding files (l*.c) share. Only these files include
+** lua.h; the rest of the core is plain C.
+**
+** Module state (struct ac_state) is one userdata created by luaopen and given
+** to every function as upvalue 1, with the socket metatable as upvalue 2: no
+** registry lookups by name on hot paths. Its user values hold the Lua-side
+** data: the weak map -> map-state table, the pending timers, ExitNow, the
+** asyncore module table and the default socket_map.
+*/
+#ifndef AC_LAC_H
+#define AC_LAC_H
+#include "config.h"
+#include <lua.h>
+#include <lauxlib.h>
+#include "ac.h"
+#include "buffer.h"
+#include "poller.h"
+#include "sock.h"
+#include "timerheap.h"
+#pragma GCC visibility push(hidden)
+
+/* user values of the state userdata */
+enum { UV_MAPS = 1, UV_TIMERS, UV_EXITNOW, UV_MODULE, UV_SOCKETMAP, UV_WRAPMT, UV_COUNT = UV_WRAPMT };
+
+typedef struct ac_state {
+    char *rbuf;             /* the reused receive buffer */
+    size_t rbufsize;
+    ac_theap heap;          /* timer deadlines */
+    uint64_t timer_seq;     /* arming order, also marks a timer's live heap entry */
+    int64_t timer_next_id;
+    int ntimers;            /* timers armed now */
+    uint32_t gen;           /* last registration generation handed out */
+} ac_state;
+
+struct ac_mapstate;
+struct ac_chat;
+
+/* socket flags */
+#define SF_FILE      0x01u  /* a pipe or tty: read()/write() */
+#define SF_NONBLOCK  0x02u
+#define SF_LISTENING 0x04u
+#define SF_ACCEPTED  0x08u  /* the last accept() on this listener returned a connection */
+
+/* channel modes, found at add_channel from the methods the channel has */
+#define CM_RD_CUSTOM 0x01u  /* readable() is a Lua method: ask it every pass */
+#define CM_WR_TRUE   0x00u  /* dispatcher's writable(): always */
+#define CM_WR_SEND   0x02u  /* dispatcher_with_send's: not connected, or output waiting */
+#define CM_WR_CHAT   0x04u  /* async_chat's: the same, over its producer queue */
+#define CM_WR_CUSTOM 0x06u
+#define CM_WR_MASK   0x06u
+#define CM_RE_CUSTOM 0x08u  /* handle_read_event overridden */
+#define CM_WE_CUSTOM 0x10u  /* handle_write_event overridden */
+#define CM_CUSTOM_PRED(m) (((m) & CM_RD_CUSTOM) || ((m) & CM_WR_MASK) == CM_WR_CUSTOM)
+
+typedef struct ac_socket {
+    int fd;                 /* -1 once closed */
+    int family, type;
+    unsigned flags;
+    unsigned mode;          /* CM_* */
+    uint32_t gen;           /* registration generation while in a map */
+    int cidx;               /* index in the map state's custom list, or -1 */
+    int mapfd;              /* the key it has in its map (kept after close), or -1 */
+    struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
+    ac_monotime paused_until; /* a listener out of descriptors rests until then */
+    ac_buffer out;          /* dispatcher_with_send's output */
+    struct ac_chat *chat;   /* asynchat's state, when it is an async_chat */
+} ac_socket;
+
+#define sock_isclosed(s) ((s)->fd < 0)
+
+typedef struct ac_mapstate {
+    struct poller p;
+    struct ac_reg *regs;        /* fd -> {gen, registered mask} */
+    ac_socket **socks;          /* fd -> registered socket */
+    int nregs;
+    int *custom;                /* fds whose predicates are Lua methods */
+    int ncustom, capcustom;
+    int npaused;                /* listeners resting after EMFILE */
+    int nsocks;
+} ac_mapstate;
+
+#define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))
+
+/* lerror.c */
+int ac_pusherror(lua_State *L, const char *op, int err, const char *message);
+int ac_raise(lua_State *L, const char *op, int err);
+int ac_raise_closed(lua_State *L, const char *op);
+int ac_is_disconnect(int err);
+void ac_error_open(lua_State *L);
+int ac_is_errorobj(lua_State *L, int idx);
+int lerror_is_error(lua_State *L);
+
+/* lsocket.c */
+ac_socket *ac_tosock(lua_State *L, int idx);          /* NULL when not a socket */
+ac_socket *ac_checksock(lua_State *L, int idx, const char *op);  /* open socket or error */
+ac_socket *ac_newsock(lua_State *L);                   /* pushes a closed socket */
+void ac_sock_close(lua_State *L, ac_socket *s);
+void ac_pushaddr(lua_State *L, const ac_sockaddr *a);
+int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs);
+char *ac_rbuf(ac_state *S, size_t n);
+void ac_socket_open(lua_State *L);
+int lsocket_new(lua_State *L);
+int lsocket_wrapfd(lua_State *L);
+int lsocket_fileno_of(lua_State *L);
+int ac_accept(lua_State *L, ac_socket *s, int *errp);
+
+/* lloop.c */
+void ms_unregister(ac_mapstate *ms, ac_socket *s);
+void ac_update_interest(lua_State *L, int chan, ac_socket *s);
+ac_socket *ac_chansock(lua_State *L, int chan);        /* the channel's socket or NULL */
+ac_socket *ac_checkchan(lua_State *L, int chan, const char *op);
+ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend);
+int ac_rawbool(lua_State *L, int t, const char *k);
+void ac_loop_open(lua_State *L);
+
+/* ltimer.c */
+void ac_timer_open(lua_State *L);
+int ac_timers_run(lua_State *L, ac_state *S, int msgh);
+int ac_timers_wait_ms(ac_state *S, ac_monotime now, int wait_ms);
+
+/* lchan.c */
+void ac_chan_open(lua_State *L);
+extern const lua_CFunction ac_stock_readable, ac_stock_writable, ac_stock_ds_writable,
+    ac_stock_chat_writable, ac_stock_read_event, ac_stock_write_event, ac_stock_handle_accept,
+    ac_stock_ds_handle_write, ac_stock_connect_event;
+int ac_chan_read_event(lua_State *L, int chan, ac_socket *s);
+int ac_chan_write_event(lua_State *L, int chan, ac_socket *s);
+unsigned ac_stock_write_mask(lua_State *L, int chan, ac_socket *s);
+int ac_call_method(lua_State *L, int chan, const char *name, int nargs);
+
+/* lchat.c */
+void ac_chat_open(lua_State *L);
+int ac_chat_wants_write(const ac_socket *s);
+void ac_chat_free(ac_socket *s);
+
+#pragma GCC visibility pop
+#endif

@@ -1,0 +1,382 @@
+/*
+** lchan.c: the methods of asyncore.dispatcher and dispatcher_with_send that
+** run on every event, written in C so an event costs one Lua call (the
+** user's handler) and not a chain of them.
+**
+** Each takes the channel table as `self` and finds its socket in
+** self.socket. They keep Python's asyncore semantics: recv() returns "" at
+** end of stream after calling handle_close(), and "" when nothing can be read
+** now; send() returns 0 when it would block; a vanished peer (ECONNRESET,
+** EPIPE, ...) becomes handle_close() instead of an error. The state flags the
+** script sees (connected, accepting, connecting) stay plain fields of the
+** channel; C reads them with rawget.
+*/
+#include "config.h"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include "lac.h"
+#include "clock.h"
+
+#define ACCEPT_BATCH 64      /* connections taken per readiness event */
+#define ACCEPT_PAUSE 0.1     /* seconds a listener rests when out of descriptors */
+
+/*
+** Call chan:name(args...) with the nargs values on the stack top; they are
+** popped. Errors propagate (the loop's pcall catches them). Runs Lua code.
+*/
+int ac_call_method(lua_State *L, int chan, const char *name, int nargs)
+{
+    lua_getfield(L, chan, name);
+    lua_insert(L, -(nargs + 1));
+    lua_pushvalue(L, chan);
+    lua_insert(L, -(nargs + 1));
+    lua_call(L, nargs + 1, 0);
+    return 0;
+}
+
+static void set_field(lua_State *L, int chan, const char *k, int v)
+{
+    lua_pushstring(L, k);
+    lua_pushboolean(L, v);
+    lua_rawset(L, chan);
+}
+
+static int lchan_readable(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lchan_writable(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* dispatcher_with_send:writable(): not connected, or output waiting */
+static int lds_writable(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, 1);
+    lua_pushboolean(L, (s && buffer_len(&s->out) > 0) || !ac_rawbool(L, 1, "connected"));
+    return 1;
+}
+
+static int peer_gone(lua_State *L, int chan)
+{
+    ac_call_method(L, chan, "handle_close", 0);
+    return 0;
+}
+
+/* dispatcher:recv(n) */
+static int lchan_recv(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "recv");
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "negative size");
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    ac_state *S = STATE(L);
+    char *buf = ac_rbuf(S, (size_t)n);
+    if (buf == NULL)
+        return ac_raise(L, "recv", ENOMEM);
+    size_t got, cap = (size_t)n < S->rbufsize ? (size_t)n : S->rbufsize;
+    int err = sock_recv(s->fd, s->flags & SF_FILE, buf, cap, &got);
+    if (err == 0 && got > 0) {
+        lua_pushlstring(L, buf, got);
+        return 1;
+    }
+    if (err == 0 || ac_is_disconnect(err))   /* end of stream, or the peer is gone */
+        peer_gone(L, 1);
+    else if (err != EAGAIN)
+        return ac_raise(L, "recv", err);
+    lua_pushliteral(L, "");
+    return 1;
+}
+
+/* dispatcher:send(data): bytes sent, 0 when it would block */
+static int lchan_send(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "send");
+    size_t n, sent;
+    const char *p = luaL_checklstring(L, 2, &n);
+    int err = sock_send(s->fd, s->flags & SF_FILE, p, n, &sent);
+    if (err == 0) {
+        lua_pushinteger(L, (lua_Integer)sent);
+        return 1;
+    }
+    if (ac_is_disconnect(err))
+        peer_gone(L, 1);
+    else if (err != EAGAIN)
+        return ac_raise(L, "send", err);
+    lua_pushinteger(L, 0);
+    return 1;
+}
+
+/*
+** Write what the output buffer holds. Returns 0, or the errno of a vanished
+** peer (the caller then calls handle_close), raising any other error.
+*/
+static int flush_out(lua_State *L, ac_socket *s)
+{
+    while (buffer_len(&s->out) > 0) {
+        size_t sent;
+        int err = sock_send(s->fd, s->flags & SF_FILE, buffer_begin(&s->out), buffer_len(&s->out), &sent);
+        if (err == EAGAIN)
+            return 0;
+        if (err) {
+            if (ac_is_disconnect(err))
+                return err;
+            ac_raise(L, "send", err);
+        }
+        buffer_consume(&s->out, sent);
+        if (sent == 0)
+            return 0;
+    }
+    return 0;
+}
+
+/*
+** dispatcher_with_send:send(data): never loses data. With nothing queued the
+** data goes straight to the socket; what it does not take is kept in C and
+** written when the socket is writable. Returns the number of bytes queued.
+*/
+static int lds_send(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "send");
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (ac_rawbool(L, 1, "debug")) {
+        lua_pushfstring(L, "sending %s", luaL_tolstring(L, 2, NULL));
+        lua_remove(L, -2);
+        lua_pushliteral(L, "info");
+        ac_call_method(L, 1, "log_info", 2);
+        s = ac_checkchan(L, 1, "send");
+    }
+    size_t sent = 0;
+    int connected = ac_rawbool(L, 1, "connected");
+    if (buffer_len(&s->out) == 0 && connected) {
+        int err = sock_send(s->fd, s->flags & SF_FILE, p, n, &sent);
+        if (err && err != EAGAIN) {
+            if (ac_is_disconnect(err)) {
+                peer_gone(L, 1);
+                lua_pushinteger(L, 0);
+                return 1;
+            }
+            return ac_raise(L, "send", err);
+        }
+    }
+    if (sent < n) {
+        if (buffer_append(&s->out, p + sent, n - sent) != 0)
+            return ac_raise(L, "send", ENOMEM);
+        ac_update_interest(L, 1, s);
+    }
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+/* dispatcher_with_send:initiate_send() and :handle_write() */
+static int lds_initiate_send(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "initiate_send");
+    if (flush_out(L, s) != 0) {
+        peer_gone(L, 1);
+        return 0;
+    }
+    ac_update_interest(L, 1, s);
+    return 0;
+}
+
+static int lds_out_buffer_size(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, 1);
+    lua_pushinteger(L, s ? (lua_Integer)buffer_len(&s->out) : 0);
+    return 1;
+}
+
+/*
+** dispatcher:accept(): sock, addr, or nil when no connection was pending.
+** Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): a warning, nil, and
+** the listener rests ACCEPT_PAUSE seconds instead of spinning or closing.
+*/
+static int lchan_accept(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "accept");
+    int err, n = ac_accept(L, s, &err);
+    if (n) {
+        s->flags |= SF_ACCEPTED;
+        return n;
+    }
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        if (s->ms && s->paused_until <= 0) {
+            s->paused_until = clock_now() + ACCEPT_PAUSE;
+            s->ms->npaused++;
+            ac_update_interest(L, 1, s);
+        }
+        lua_pushfstring(L, "accept: %s; not accepting for %d ms", strerror(err),
+                        (int)(ACCEPT_PAUSE * 1000));
+        lua_pushliteral(L, "warning");
+        ac_call_method(L, 1, "log_info", 2);
+    } else if (err != EAGAIN && err != ECONNABORTED && err != EPROTO && err != EPERM) {
+        return ac_raise(L, "accept", err);
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* dispatcher:handle_accept(): accept() then handle_accepted(sock, addr) */
+static int lchan_handle_accept(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "accept");
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 2);
+    if (lua_isnil(L, 2))
+        return 0;
+    ac_call_method(L, 1, "handle_accepted", 2);
+    return 0;
+}
+
+/*
+** dispatcher:handle_connect_event(): the outcome of a non-blocking connect.
+** A failure is raised as the error object (op "connect"), which the loop
+** hands to handle_error, as Python 3.11 does.
+*/
+static int lchan_handle_connect_event(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "connect");
+    int soerr = 0;
+    int err = sock_geterror(s->fd, &soerr);
+    if (err)
+        return ac_raise(L, "connect", err);
+    if (soerr)
+        return ac_raise(L, "connect", soerr);
+    lua_settop(L, 1);
+    ac_call_method(L, 1, "handle_connect", 0);
+    set_field(L, 1, "connected", 1);
+    set_field(L, 1, "connecting", 0);
+    s = ac_chansock(L, 1);
+    if (s && !sock_isclosed(s))
+        ac_update_interest(L, 1, s);
+    return 0;
+}
+
+/* still the same open socket after a Lua call? */
+static ac_socket *same(lua_State *L, int chan, uint32_t gen)
+{
+    ac_socket *s = ac_chansock(L, chan);
+    return (s && !sock_isclosed(s) && s->gen == gen) ? s : NULL;
+}
+
+/* handle_read_event, as Python's, for the channel at chan. Runs Lua code. */
+int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
+{
+    uint32_t gen = s->gen;
+    if (ac_rawbool(L, chan, "accepting")) {
+        /* take every pending connection (up to a bound), not one per pass */
+        for (int i = 0; i < ACCEPT_BATCH; i++) {
+            s->flags &= ~SF_ACCEPTED;
+            ac_call_method(L, chan, "handle_accept", 0);
+            s = same(L, chan, gen);
+            if (s == NULL || !(s->flags & SF_ACCEPTED) || s->paused_until > 0 ||
+                !ac_rawbool(L, chan, "accepting"))
+                break;
+        }
+        return 0;
+    }
+    if (!ac_rawbool(L, chan, "connected")) {
+        if (ac_rawbool(L, chan, "connecting")) {
+            ac_call_method(L, chan, "handle_connect_event", 0);
+            if (same(L, chan, gen) == NULL)
+                return 0;
+        }
+    }
+    ac_call_method(L, chan, "handle_read", 0);
+    return 0;
+}
+
+/* handle_write_event, as Python's. Runs Lua code. */
+int ac_chan_write_event(lua_State *L, int chan, ac_socket *s)
+{
+    if (ac_rawbool(L, chan, "accepting"))
+        return 0;   /* a listener never gets a write event */
+    if (!ac_rawbool(L, chan, "connected") && ac_rawbool(L, chan, "connecting")) {
+        uint32_t gen = s->gen;
+        ac_call_method(L, chan, "handle_connect_event", 0);
+        if (same(L, chan, gen) == NULL)
+            return 0;
+    }
+    ac_call_method(L, chan, "handle_write", 0);
+    return 0;
+}
+
+static int lchan_handle_read_event(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "handle_read_event");
+    lua_settop(L, 1);
+    return ac_chan_read_event(L, 1, s);
+}
+
+static int lchan_handle_write_event(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "handle_write_event");
+    lua_settop(L, 1);
+    return ac_chan_write_event(L, 1, s);
+}
+
+/* dispatcher:fileno() */
+static int lchan_fileno(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s == NULL || sock_isclosed(s))
+        return 0;
+    lua_pushinteger(L, s->fd);
+    return 1;
+}
+
+const lua_CFunction ac_stock_readable = lchan_readable;
+const lua_CFunction ac_stock_writable = lchan_writable;
+const lua_CFunction ac_stock_ds_writable = lds_writable;
+const lua_CFunction ac_stock_read_event = lchan_handle_read_event;
+const lua_CFunction ac_stock_write_event = lchan_handle_write_event;
+const lua_CFunction ac_stock_handle_accept = lchan_handle_accept;
+const lua_CFunction ac_stock_ds_handle_write = lds_initiate_send;
+const lua_CFunction ac_stock_connect_event = lchan_handle_connect_event;
+
+static const luaL_Reg chan_funcs[] = {
+    {"recv", lchan_recv}, {"send", lchan_send}, {"accept", lchan_accept},
+    {"readable", lchan_readable}, {"writable", lchan_writable},
+    {"handle_read_event", lchan_handle_read_event},
+    {"handle_write_event", lchan_handle_write_event},
+    {"handle_accept", lchan_handle_accept},
+    {"handle_connect_event", lchan_handle_connect_event},
+    {"fileno", lchan_fileno},
+    {NULL, NULL}
+};
+
+static const luaL_Reg ds_funcs[] = {
+    {"send", lds_send}, {"initiate_send", lds_initiate_send}, {"handle_write", lds_initiate_send},
+    {"writable", lds_writable}, {"out_buffer_size", lds_out_buffer_size},
+    {NULL, NULL}
+};
+
+/* stack: state, sockmt, module table; adds core.dispatcher and core.dispatcher_with_send */
+void ac_chan_open(lua_State *L)
+{
+    lua_newtable(L);
+    lua_pushvalue(L, -4);
+    lua_pushvalue(L, -4);
+    luaL_setfuncs(L, chan_funcs, 2);
+    lua_setfield(L, -2, "dispatcher");
+    lua_newtable(L);
+    lua_pushvalue(L, -4);
+    lua_pushvalue(L, -4);
+    luaL_setfuncs(L, ds_funcs, 2);
+    lua_setfield(L, -2, "dispatcher_with_send");
+}

@@ -1,0 +1,92 @@
+/*
+** lcore.c: luaopen_asyncore_core, the only exported symbol. It creates the
+** module state (upvalue 1 of every function) and the socket metatable
+** (upvalue 2), then lets each l*.c file add its functions.
+*/
+#include "config.h"
+#include <stdlib.h>
+#include <string.h>
+#include "lac.h"
+
+static int state_gc(lua_State *L)
+{
+    ac_state *S = lua_touserdata(L, 1);
+    free(S->rbuf);
+    S->rbuf = NULL;
+    S->rbufsize = 0;
+    theap_free(&S->heap);
+    return 0;
+}
+
+/* core.init(module, socket_map, ExitNow): the Lua layer's tables */
+static int lcore_init(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checkany(L, 3);
+    int st = lua_upvalueindex(1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, st, UV_MODULE);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, st, UV_SOCKETMAP);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, st, UV_EXITNOW);
+    return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"init", lcore_init},
+    {"socket", lsocket_new},
+    {"wrapfd", lsocket_wrapfd},
+    {"fileno_of", lsocket_fileno_of},
+    {"is_error", lerror_is_error},
+    {NULL, NULL}
+};
+
+AC_API int luaopen_asyncore_core(lua_State *L);
+
+AC_API int luaopen_asyncore_core(lua_State *L)
+{
+    ac_state *S = lua_newuserdatauv(L, sizeof *S, UV_COUNT);   /* state */
+    memset(S, 0, sizeof *S);
+    theap_init(&S->heap);
+    lua_newtable(L);                                          /* state, mt */
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_newtable(L);                                          /* weak map -> map state */
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, UV_MAPS);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, UV_TIMERS);
+    lua_newtable(L);                                          /* wrapper metatable */
+    lua_setiuservalue(L, -2, UV_WRAPMT);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, UV_MODULE);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, UV_SOCKETMAP);
+
+    lua_newtable(L);                                          /* state, sockmt */
+    ac_error_open(L);
+    ac_socket_open(L);
+
+    lua_newtable(L);                                          /* state, sockmt, core */
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, core_funcs, 2);
+    ac_loop_open(L);
+    ac_timer_open(L);
+    ac_chan_open(L);
+    ac_chat_open(L);
+    lua_pushliteral(L, AC_VERSION);
+    lua_setfield(L, -2, "_VERSION");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "_socket_mt");
+#define K(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
+    K(AF_INET); K(AF_INET6); K(AF_UNIX); K(SOCK_STREAM); K(SOCK_DGRAM);
+#undef K
+    return 1;
+}

@@ -1,0 +1,832 @@
+/*
+** lloop.c: the event loop. One pass: ask the channels whose readable() or
+** writable() are Lua methods, wait (never past the next timer), dispatch what
+** fired, run the timers that are due.
+**
+** Each map (socket_map or a script's own table) has a map state: a poller and
+** the registration of every channel added to it. The map stays the truth for
+** the script: the loop finds a channel with map[fd] and holds no reference to
+** it. A channel whose predicates are the stock ones costs nothing per pass:
+** its interest is recomputed only when its state changes (an event for it, a
+** send that buffers, a connect, a listen), and with epoll nothing is asked of
+** the kernel unless that interest changed. Every fired event carries the
+** registration's generation; an event whose channel was closed, or whose fd
+** now belongs to another channel, is dropped.
+**
+** Errors in callbacks go to the channel's handle_error(err, traceback) and
+** the loop goes on; ExitNow and Ctrl-C ("interrupted!") leave the loop and are
+** re-raised to its caller.
+*/
+#include "config.h"
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include "lac.h"
+#include "clock.h"
+
+#define MAPSTATE_MT "asyncore.mapstate"
+#define ACCEPT_PAUSE 0.1      /* seconds a listener rests after EMFILE and the like */
+
+/* stack slots of core.loop */
+enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
+       L_BASE = L_SCRATCH };
+
+int ac_rawbool(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    int b = lua_rawget(L, t) != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return b;
+}
+
+ac_socket *ac_chansock(lua_State *L, int chan)
+{
+    if (lua_type(L, chan) != LUA_TTABLE)
+        return NULL;
+    lua_pushliteral(L, "socket");
+    lua_rawget(L, chan);
+    ac_socket *s = ac_tosock(L, -1);
+    lua_pop(L, 1);
+    return s;
+}
+
+ac_socket *ac_checkchan(lua_State *L, int chan, const char *op)
+{
+    luaL_checktype(L, chan, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, chan);
+    if (s == NULL)
+        luaL_error(L, "%s: the dispatcher has no socket", op);
+    if (sock_isclosed(s))
+        ac_raise_closed(L, op);
+    return s;
+}
+
+/* ---- map states ---- */
+
+static void ms_remove_custom(ac_mapstate *ms, ac_socket *s)
+{
+    if (s->cidx < 0)
+        return;
+    int last = ms->custom[--ms->ncustom];
+    ms->custom[s->cidx] = last;
+    if (ms->socks[last])
+        ms->socks[last]->cidx = s->cidx;
+    s->cidx = -1;
+}
+
+void ms_unregister(ac_mapstate *ms, ac_socket *s)
+{
+    int fd = s->fd;
+    if (fd >= 0 && fd < ms->nregs && ms->socks[fd] == s) {
+        if (ms->regs[fd].mask)
+            ms->p.ops->set(&ms->p, fd, ms->regs[fd].mask, 0);
+        ms->regs[fd].mask = 0;
+        ms->socks[fd] = NULL;
+        ms->nsocks--;
+    }
+    ms_remove_custom(ms, s);
+    if (s->paused_until > 0) {
+        s->paused_until = 0;
+        ms->npaused--;
+    }
+    s->ms = NULL;
+}
+
+/* set fd's registered mask; 0 or errno */
+static int ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
+{
+    unsigned old = ms->regs[fd].mask;
+    if (old == mask)
+        return 0;
+    int err = ms->p.ops->set(&ms->p, fd, old, mask);
+    if (err == 0)
+        ms->regs[fd].mask = mask;
+    return err;
+}
+
+static int raise_setmask(lua_State *L, const char *backend, int fd, int err)
+{
+    if (err == EINVAL && strcmp(backend, "select") == 0 && fd >= FD_SETSIZE) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "descriptor %d too large for select() (FD_SETSIZE is %d)", fd,
+                 FD_SETSIZE);
+        ac_pusherror(L, "select", err, msg);
+        return lua_error(L);
+    }
+    return ac_raise(L, backend, err);
+}
+
+static int ms_grow(ac_mapstate *ms, int fd)
+{
+    if (fd < ms->nregs)
+        return 0;
+    int n = ms->nregs ? ms->nregs : 64;
+    while (n <= fd)
+        n *= 2;
+    struct ac_reg *r = realloc(ms->regs, (size_t)n * sizeof *r);
+    if (r == NULL)
+        return ENOMEM;
+    ms->regs = r;
+    ac_socket **k = realloc(ms->socks, (size_t)n * sizeof *k);
+    if (k == NULL)
+        return ENOMEM;
+    ms->socks = k;
+    for (int i = ms->nregs; i < n; i++) {
+        r[i].gen = 0;
+        r[i].mask = 0;
+        k[i] = NULL;
+    }
+    ms->nregs = n;
+    ms->p.regs = r;
+    ms->p.nregs = n;
+    return 0;
+}
+
+static int ms_gc(lua_State *L)
+{
+    ac_mapstate *ms = luaL_checkudata(L, 1, MAPSTATE_MT);
+    for (int fd = 0; fd < ms->nregs; fd++) {
+        ac_socket *s = ms->socks[fd];
+        if (s) {
+            s->ms = NULL;
+            s->cidx = -1;
+            s->paused_until = 0;
+        }
+    }
+    if (ms->p.ops)
+        ms->p.ops->close(&ms->p);
+    ms->p.ops = NULL;
+    free(ms->regs);
+    free(ms->socks);
+    free(ms->custom);
+    memset(ms, 0, sizeof *ms);
+    return 0;
+}
+
+/* move every registration to a new backend; on failure keep the old one */
+static int ms_switch(lua_State *L, ac_mapstate *ms, const struct poller_ops *ops)
+{
+    struct poller np;
+    np.ops = ops;
+    np.impl = NULL;
+    np.regs = ms->regs;
+    np.nregs = ms->nregs;
+    int err = ops->open(&np);
+    if (err)
+        return ac_raise(L, ops->name, err);
+    for (int fd = 0; fd < ms->nregs; fd++) {
+        if (ms->regs[fd].mask == 0)
+            continue;
+        err = ops->set(&np, fd, 0, ms->regs[fd].mask);
+        if (err) {
+            ops->close(&np);
+            return raise_setmask(L, ops->name, fd, err);
+        }
+    }
+    if (ms->p.ops)
+        ms->p.ops->close(&ms->p);
+    ms->p = np;
+    return 0;
+}
+
+static const struct poller_ops *check_backend(lua_State *L, const char *backend)
+{
+    const struct poller_ops *ops = poller_find(backend);
+    if (ops == NULL) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (int i = 0; poller_list[i]; i++) {
+            luaL_addstring(&b, i ? ", " : "");
+            luaL_addstring(&b, poller_list[i]->name);
+        }
+        luaL_pushresult(&b);
+        luaL_error(L, "unknown or unavailable backend '%s' (here: auto, %s)", backend,
+                   lua_tostring(L, -1));
+    }
+    return ops;
+}
+
+/*
+** The map state of the table at `map`, created on first use; pushes it. With
+** a backend name, the state is moved to that backend if it uses another.
+*/
+ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend)
+{
+    map = lua_absindex(L, map);
+    lua_getiuservalue(L, lua_upvalueindex(1), UV_MAPS);
+    lua_pushvalue(L, map);
+    lua_rawget(L, -2);                          /* maps, ms? */
+    ac_mapstate *ms = luaL_testudata(L, -1, MAPSTATE_MT);
+    if (ms == NULL) {
+        const struct poller_ops *ops = check_backend(L, backend ? backend : "auto");
+        lua_pop(L, 1);
+        ms = lua_newuserdatauv(L, sizeof *ms, 0);
+        memset(ms, 0, sizeof *ms);
+        luaL_setmetatable(L, MAPSTATE_MT);
+        struct poller np = {ops, NULL, NULL, 0};
+        int err = ops->open(&np);
+        if (err)
+            ac_raise(L, ops->name, err);
+        ms->p = np;
+        lua_pushvalue(L, map);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -4);                      /* maps[map] = ms */
+    } else if (backend != NULL) {
+        const struct poller_ops *ops = check_backend(L, backend);
+        if (ops != ms->p.ops)
+            ms_switch(L, ms, ops);
+    }
+    lua_remove(L, -2);
+    return ms;
+}
+
+/* the channel's interest as the stock predicates see it */
+static unsigned stock_mask(lua_State *L, int chan, ac_socket *s)
+{
+    unsigned m = 0;
+    if (!(s->mode & CM_RD_CUSTOM) && s->paused_until <= 0)
+        m |= AC_EV_READ;
+    unsigned w = s->mode & CM_WR_MASK;
+    if (w != CM_WR_CUSTOM) {
+        if (w == CM_WR_TRUE)
+            m |= AC_EV_WRITE;
+        else if (w == CM_WR_SEND ? buffer_len(&s->out) > 0 : ac_chat_wants_write(s))
+            m |= AC_EV_WRITE;
+        else if (!ac_rawbool(L, chan, "connected"))
+            m |= AC_EV_WRITE;
+        if ((m & AC_EV_WRITE) && ac_rawbool(L, chan, "accepting"))
+            m &= ~AC_EV_WRITE;
+    }
+    return m;
+}
+
+/*
+** Recompute a stock channel's interest after its state changed. Channels with
+** Lua predicates are asked every pass instead. May raise (a poller error).
+*/
+void ac_update_interest(lua_State *L, int chan, ac_socket *s)
+{
+    ac_mapstate *ms = s->ms;
+    if (ms == NULL || CM_CUSTOM_PRED(s->mode))
+        return;
+    unsigned m = stock_mask(L, chan, s);
+    if (m != ms->regs[s->fd].mask) {
+        int err = ms_setmask(ms, s->fd, m);
+        if (err)
+            raise_setmask(L, ms->p.ops->name, s->fd, err);
+    }
+}
+
+static unsigned find_mode(lua_State *L, int chan)
+{
+    unsigned mode = 0;
+    lua_getfield(L, chan, "readable");
+    if (lua_tocfunction(L, -1) != ac_stock_readable)
+        mode |= CM_RD_CUSTOM;
+    lua_getfield(L, chan, "writable");
+    lua_CFunction w = lua_tocfunction(L, -1);
+    if (w == ac_stock_writable)
+        mode |= CM_WR_TRUE;
+    else if (w == ac_stock_ds_writable)
+        mode |= CM_WR_SEND;
+    else if (w == ac_stock_chat_writable)
+        mode |= CM_WR_CHAT;
+    else
+        mode |= CM_WR_CUSTOM;
+    lua_getfield(L, chan, "handle_read_event");
+    if (lua_tocfunction(L, -1) != ac_stock_read_event)
+        mode |= CM_RE_CUSTOM;
+    lua_getfield(L, chan, "handle_write_event");
+    if (lua_tocfunction(L, -1) != ac_stock_write_event)
+        mode |= CM_WE_CUSTOM;
+    lua_pop(L, 4);
+    return mode;
+}
+
+/*
+** dispatcher:add_channel([map]): put the channel in the map (default: the
+** one it was made for) and register its socket with that map's poller. Which
+** of its methods are the stock ones is read here: a predicate or event method
+** overridden on a live instance is noticed at its next add_channel().
+*/
+static int lchan_add_channel(lua_State *L)
+{
+    ac_state *S = STATE(L);
+    ac_socket *s = ac_checkchan(L, 1, "add_channel");
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_getfield(L, 1, "_map");
+        if (lua_isnil(L, 2)) {
+            lua_pop(L, 1);
+            lua_getiuservalue(L, lua_upvalueindex(1), UV_SOCKETMAP);
+        }
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    ac_mapstate *ms = ac_getmapstate(L, 2, NULL);   /* 3: ms */
+    if (s->ms && s->ms != ms)
+        ms_unregister(s->ms, s);
+    int fd = s->fd;
+    int err = ms_grow(ms, fd);
+    if (err == 0 && ms->custom == NULL) {
+        ms->custom = malloc(16 * sizeof *ms->custom);
+        ms->capcustom = 16;
+        if (ms->custom == NULL)
+            err = ENOMEM;
+    }
+    if (err)
+        return ac_raise(L, "add_channel", err);
+    if (ms->socks[fd] && ms->socks[fd] != s)
+        ms_unregister(ms, ms->socks[fd]);
+    if (ms->socks[fd] == NULL) {
+        ms->socks[fd] = s;
+        ms->nsocks++;
+        if (++S->gen == 0)
+            S->gen = 1;
+        s->gen = S->gen;
+        if (ms->regs[fd].mask)                     /* left over: clear it */
+            ms_setmask(ms, fd, 0);
+        ms->regs[fd].gen = s->gen;
+    }
+    s->ms = ms;
+    s->mapfd = fd;
+    s->mode = find_mode(L, 1);
+    if (CM_CUSTOM_PRED(s->mode)) {
+        if (s->cidx < 0) {
+            if (ms->ncustom == ms->capcustom) {
+                int *c = realloc(ms->custom, (size_t)ms->capcustom * 2 * sizeof *c);
+                if (c == NULL) {
+                    ms_unregister(ms, s);
+                    return ac_raise(L, "add_channel", ENOMEM);
+                }
+                ms->custom = c;
+                ms->capcustom *= 2;
+            }
+            s->cidx = ms->ncustom;
+            ms->custom[ms->ncustom++] = fd;
+        }
+    } else {
+        ms_remove_custom(ms, s);
+        unsigned m = stock_mask(L, 1, s);
+        err = ms_setmask(ms, fd, m);
+        if (err) {
+            ms_unregister(ms, s);
+            return raise_setmask(L, ms->p.ops->name, fd, err);
+        }
+    }
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, 2, fd);
+    return 0;
+}
+
+/* dispatcher:del_channel([map]): leave the map and the poller */
+static int lchan_del_channel(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, 1);
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_getfield(L, 1, "_map");
+        if (lua_isnil(L, 2)) {
+            lua_pop(L, 1);
+            lua_getiuservalue(L, lua_upvalueindex(1), UV_SOCKETMAP);
+        }
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (s == NULL)
+        return 0;
+    if (s->ms)
+        ms_unregister(s->ms, s);
+    if (s->mapfd >= 0) {
+        lua_rawgeti(L, 2, s->mapfd);
+        if (lua_rawequal(L, -1, 1)) {
+            lua_pushnil(L);
+            lua_rawseti(L, 2, s->mapfd);
+        }
+        s->mapfd = -1;
+    }
+    return 0;
+}
+
+/* dispatcher update of stock interest: core.update_interest(self) */
+static int lchan_update(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s && !sock_isclosed(s))
+        ac_update_interest(L, 1, s);
+    return 0;
+}
+
+/* ---- the pass ---- */
+
+/*
+** The message handler of every callback: ExitNow and "interrupted!" pass
+** through untouched (they leave the loop); anything else is wrapped with its
+** traceback for handle_error. Upvalue 1: the state; 2: the wrapper metatable.
+*/
+static int loop_msgh(lua_State *L)
+{
+    lua_getiuservalue(L, lua_upvalueindex(1), UV_EXITNOW);
+    if (lua_rawequal(L, 1, -1)) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        size_t n;
+        const char *m = lua_tolstring(L, 1, &n);
+        if (n >= 12 && memcmp(m + n - 12, "interrupted!", 12) == 0)
+            return 1;
+    }
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_traceback(L, L, NULL, 1);
+    lua_rawseti(L, -2, 2);
+    lua_getiuservalue(L, lua_upvalueindex(1), UV_WRAPMT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+/* is the value at idx a wrapped callback error? then push err, tb */
+static int unwrap_error(lua_State *L, int idx, int state)
+{
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    lua_getiuservalue(L, state, UV_WRAPMT);
+    int w = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!w)
+        return 0;
+    lua_rawgeti(L, idx, 1);
+    lua_rawgeti(L, idx, 2);
+    return 1;
+}
+
+/* is the channel at chan still the registration `gen` of map state ms? */
+static ac_socket *still(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen)
+{
+    ac_socket *s = ac_chansock(L, chan);
+    if (s == NULL || s->ms != ms || s->gen != gen || sock_isclosed(s))
+        return NULL;
+    return s;
+}
+
+/*
+** After a callback failed with the value on top: send it where Python's
+** asyncore would. Returns 1 (value left on top) when the loop must re-raise
+** it: ExitNow, Ctrl-C, or an error the message handler never saw (memory).
+*/
+static int route_error(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen, int state)
+{
+    int e = lua_gettop(L);
+    if (!unwrap_error(L, e, state))
+        return 1;
+    /* e: wrapper, e+1: err, e+2: traceback */
+    int status;
+    if (ac_is_errorobj(L, e + 1)) {
+        lua_getfield(L, e + 1, "errno");
+        int en = (int)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (ac_is_disconnect(en)) {
+            if (still(L, chan, ms, gen) == NULL) {
+                lua_settop(L, e - 1);
+                return 0;
+            }
+            lua_getfield(L, chan, "handle_close");
+            lua_pushvalue(L, chan);
+            status = lua_pcall(L, 1, 0, L_MSGH);
+            goto done;
+        }
+    }
+    lua_getfield(L, chan, "handle_error");
+    lua_pushvalue(L, chan);
+    lua_pushvalue(L, e + 1);
+    lua_pushvalue(L, e + 2);
+    status = lua_pcall(L, 3, 0, L_MSGH);
+done:
+    if (status != LUA_OK) {
+        int f = lua_gettop(L);
+        if (!unwrap_error(L, f, state)) {
+            lua_replace(L, e);
+            lua_settop(L, e);
+            return 1;
+        }
+        /* handle_error itself failed: say so and close the channel */
+        fprintf(stderr, "asyncore: error in handle_error, closing channel: %s\n",
+                luaL_tolstring(L, f + 1, NULL));
+        fflush(stderr);
+        ac_socket *s = still(L, chan, ms, gen);
+        if (s) {
+            lua_getfield(L, chan, "close");
+            lua_pushvalue(L, chan);
+            if (lua_pcall(L, 1, 0, L_MSGH) != LUA_OK) {
+                s = still(L, chan, ms, gen);
+                if (s)
+                    ac_sock_close(L, s);
+            }
+        }
+    }
+    lua_settop(L, e - 1);
+    return 0;
+}
+
+/*
+** The events of one channel, as Python's readwrite(): read, write, priority,
+** then hang-up/error. Runs under lua_pcall, so one failure ends this channel's
+** turn. Hang-up with data still readable is left to recv(), which sees the
+** end of stream after the last byte: nothing the peer sent is lost.
+** Upvalues: state, socket metatable. Args: chan, events, gen, ms.
+*/
+static int loop_dispatch(lua_State *L)
+{
+    unsigned ev = (unsigned)lua_tointeger(L, 2);
+    uint32_t gen = (uint32_t)lua_tointeger(L, 3);
+    ac_mapstate *ms = lua_touserdata(L, 4);
+    lua_settop(L, 1);
+    ac_socket *s = still(L, 1, ms, gen);
+    if (s == NULL)
+        return 0;
+    if (ev & AC_EV_READ) {
+        if (s->mode & CM_RE_CUSTOM)
+            ac_call_method(L, 1, "handle_read_event", 0);
+        else
+            ac_chan_read_event(L, 1, s);
+        if ((s = still(L, 1, ms, gen)) == NULL)
+            return 0;
+    }
+    if (ev & AC_EV_WRITE) {
+        if (s->mode & CM_WE_CUSTOM)
+            ac_call_method(L, 1, "handle_write_event", 0);
+        else
+            ac_chan_write_event(L, 1, s);
+        if ((s = still(L, 1, ms, gen)) == NULL)
+            return 0;
+    }
+    if (ev & AC_EV_PRI) {
+        ac_call_method(L, 1, "handle_expt_event", 0);
+        if ((s = still(L, 1, ms, gen)) == NULL)
+            return 0;
+    }
+    if ((ev & (AC_EV_HUP | AC_EV_ERR)) && !(ev & AC_EV_READ))
+        ac_call_method(L, 1, "handle_close", 0);
+    return 0;
+}
+
+/* Lua predicates of one channel: returns its interest mask. Args: chan. */
+static int loop_predicates(lua_State *L)
+{
+    ac_socket *s = ac_chansock(L, 1);
+    if (s == NULL || sock_isclosed(s))
+        return 0;
+    unsigned m = stock_mask(L, 1, s);
+    if (s->mode & CM_RD_CUSTOM) {
+        lua_getfield(L, 1, "readable");
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 1);
+        if (lua_toboolean(L, -1) && s->paused_until <= 0)
+            m |= AC_EV_READ;
+        lua_pop(L, 1);
+    }
+    if ((s->mode & CM_WR_MASK) == CM_WR_CUSTOM) {
+        lua_getfield(L, 1, "writable");
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 1);
+        if (lua_toboolean(L, -1) && !ac_rawbool(L, 1, "accepting"))
+            m |= AC_EV_WRITE;
+        lua_pop(L, 1);
+    }
+    lua_pushinteger(L, m);
+    return 1;
+}
+
+/*
+** The scratch array of this loop() call (slot L_SCRATCH), grown to n entries.
+** Each loop() call has its own, so a handler that runs a nested loop cannot
+** overwrite the events its caller is still dispatching.
+*/
+static struct ac_fired *pass_scratch(lua_State *L, int n)
+{
+    size_t have = lua_rawlen(L, L_SCRATCH) / sizeof(struct ac_fired);
+    if ((size_t)n <= have)
+        return lua_touserdata(L, L_SCRATCH);
+    size_t want = have * 2 > (size_t)n ? have * 2 : (size_t)n;
+    if (want < 64)
+        want = 64;
+    void *p = lua_newuserdatauv(L, want * sizeof(struct ac_fired), 0);
+    lua_replace(L, L_SCRATCH);
+    return p;
+}
+
+static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int *wait_ms)
+{
+    for (int fd = 0; fd < ms->nregs && ms->npaused > 0; fd++) {
+        ac_socket *s = ms->socks[fd];
+        if (s == NULL || s->paused_until <= 0)
+            continue;
+        if (s->paused_until <= now) {
+            s->paused_until = 0;
+            ms->npaused--;
+            lua_rawgeti(L, L_MAP, fd);
+            if (ac_chansock(L, -1) == s)
+                ac_update_interest(L, lua_gettop(L), s);
+            lua_pop(L, 1);
+        } else {
+            double ms_left = ceil((s->paused_until - now) * 1000.0);
+            if (*wait_ms < 0 || ms_left < *wait_ms)
+                *wait_ms = (int)ms_left;
+        }
+    }
+}
+
+/*
+** One pass over map state ms (at L_MS). Returns 1 with the value to re-raise
+** on top when the loop must end with an error, else 0. Runs Lua code.
+*/
+static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
+{
+    int wait_ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1000.0));
+    ac_monotime now = clock_now();
+    int state = lua_upvalueindex(1);
+
+    if (ms->npaused > 0)
+        resume_paused(L, ms, now, &wait_ms);
+
+    /* channels with Lua predicates, from a snapshot (a predicate may close any) */
+    if (ms->ncustom > 0) {
+        int n = ms->ncustom;
+        struct ac_fired *snap = pass_scratch(L, n);
+        for (int i = 0; i < n; i++) {
+            snap[i].fd = ms->custom[i];
+            snap[i].gen = ms->regs[ms->custom[i]].gen;
+        }
+        int top = lua_gettop(L);
+        for (int i = 0; i < n; i++) {
+            lua_settop(L, top);
+            int fd = snap[i].fd;
+            if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
+                continue;
+            int chan = top + 1;
+            if (still(L, chan, ms, snap[i].gen) == NULL)
+                continue;
+            lua_pushvalue(L, L_PREDS);
+            lua_pushvalue(L, chan);
+            if (lua_pcall(L, 1, 1, L_MSGH) != LUA_OK) {
+                if (route_error(L, chan, ms, snap[i].gen, state))
+                    return 1;
+                continue;
+            }
+            unsigned m = (unsigned)lua_tointeger(L, -1);
+            ac_socket *s = still(L, chan, ms, snap[i].gen);
+            if (s) {
+                int err = ms_setmask(ms, fd, m);
+                if (err)
+                    raise_setmask(L, ms->p.ops->name, fd, err);
+            }
+        }
+        lua_settop(L, top);
+    }
+
+    wait_ms = ac_timers_wait_ms(S, now, wait_ms);
+
+    int max = ms->nsocks + 1;
+    struct ac_fired *fired = pass_scratch(L, max);
+    int top = lua_gettop(L);
+    int nout = 0;
+    int err = ms->p.ops->wait(&ms->p, wait_ms, fired, max, &nout);
+    if (err)
+        return ac_raise(L, ms->p.ops->name, err);
+
+    for (int i = 0; i < nout; i++) {
+        lua_settop(L, top);
+        int fd = fired[i].fd;
+        if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
+            continue;
+        int chan = top + 1;
+        ac_socket *s = still(L, chan, ms, fired[i].gen);
+        if (s == NULL || s->fd != fd)
+            continue;
+        lua_pushvalue(L, L_DISPATCH);
+        lua_pushvalue(L, chan);
+        lua_pushinteger(L, fired[i].events);
+        lua_pushinteger(L, fired[i].gen);
+        lua_pushlightuserdata(L, ms);
+        if (lua_pcall(L, 4, 0, L_MSGH) != LUA_OK) {
+            if (route_error(L, chan, ms, fired[i].gen, state))
+                return 1;
+        }
+        s = still(L, chan, ms, fired[i].gen);
+        if (s)
+            ac_update_interest(L, chan, s);
+    }
+    lua_settop(L, L_BASE);
+
+    if (S->ntimers > 0 && ac_timers_run(L, S, L_MSGH))
+        return 1;
+    return 0;
+}
+
+static int map_empty(lua_State *L)
+{
+    lua_pushnil(L);
+    if (lua_next(L, L_MAP)) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    return 1;
+}
+
+/*
+** core.loop(map, timeout, count, backend): passes until `count` are done
+** (nil: no limit), or the map is empty and no timer is pending. `timeout`
+** bounds each wait (nil or negative: no bound). With count = 1 and
+** `once` semantics (poll/poll2), a pass runs even with an empty map.
+*/
+static int lloop_loop(lua_State *L)
+{
+    ac_state *S = STATE(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    double timeout = luaL_optnumber(L, 2, 30.0);
+    if (lua_isnil(L, 2))
+        timeout = -1;
+    lua_Integer count = luaL_optinteger(L, 3, -1);
+    const char *backend = luaL_optstring(L, 4, NULL);
+    int once = lua_toboolean(L, 5);
+    lua_settop(L, L_BACKEND);
+    ac_mapstate *ms = ac_getmapstate(L, L_MAP, backend);   /* L_MS */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, loop_msgh, 1);                      /* L_MSGH */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, loop_dispatch, 2);                  /* L_DISPATCH */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, loop_predicates, 2);                /* L_PREDS */
+    lua_newuserdatauv(L, 64 * sizeof(struct ac_fired), 0);  /* L_SCRATCH */
+    if (once) {
+        if (!map_empty(L) || S->ntimers > 0)
+            if (loop_pass(L, S, ms, timeout))
+                return lua_error(L);
+        return 0;
+    }
+    while (count != 0) {
+        if (S->ntimers == 0 && map_empty(L))
+            break;
+        if (loop_pass(L, S, ms, timeout))
+            return lua_error(L);
+        if (count > 0)
+            count--;
+    }
+    return 0;
+}
+
+/* core.backends(): the compiled backends, best first */
+static int lloop_backends(lua_State *L)
+{
+    lua_newtable(L);
+    for (int i = 0; poller_list[i]; i++) {
+        lua_pushstring(L, poller_list[i]->name);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* core.map_backend(map): the backend a map uses now, or nil */
+static int lloop_map_backend(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getiuservalue(L, lua_upvalueindex(1), UV_MAPS);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    ac_mapstate *ms = luaL_testudata(L, -1, MAPSTATE_MT);
+    if (ms == NULL || ms->p.ops == NULL)
+        return 0;
+    lua_pushstring(L, ms->p.ops->name);
+    return 1;
+}
+
+static const luaL_Reg loop_funcs[] = {
+    {"loop", lloop_loop},
+    {"backends", lloop_backends},
+    {"map_backend", lloop_map_backend},
+    {"add_channel", lchan_add_channel},
+    {"del_channel", lchan_del_channel},
+    {"update_interest", lchan_update},
+    {NULL, NULL}
+};
+
+/* stack: state, sockmt, module table */
+void ac_loop_open(lua_State *L)
+{
+    luaL_newmetatable(L, MAPSTATE_MT);
+    lua_pushcfunction(L, ms_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, loop_funcs, 2);
+}

@@ -1,0 +1,100 @@
+/*
+** poller_epoll.c: the Linux epoll backend. Registrations persist in the
+** kernel and change only when a descriptor's interest changes, so a pass costs
+** what the ready descriptors cost, however many idle ones are registered.
+** Level-triggered, like every other backend: what a handler leaves unread is
+** reported again on the next pass. The generation number rides in the event's
+** data next to the fd, so a descriptor closed and reused within one pass is
+** recognised.
+*/
+#include "config.h"
+#ifdef AC_HAVE_EPOLL
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include "poller.h"
+
+#define EPOLL_BATCH 1024
+
+struct epoll_impl {
+    int epfd;
+    struct epoll_event ev[EPOLL_BATCH];
+};
+
+static int ep_open(struct poller *p)
+{
+    struct epoll_impl *e = malloc(sizeof *e);
+    if (e == NULL)
+        return ENOMEM;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0) {
+        int err = errno;
+        free(e);
+        return err;
+    }
+    p->impl = e;
+    return 0;
+}
+
+static int ep_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
+{
+    struct epoll_impl *e = p->impl;
+    struct epoll_event ev;
+    int op;
+    if (newmask == 0)
+        op = EPOLL_CTL_DEL;
+    else if (oldmask == 0)
+        op = EPOLL_CTL_ADD;
+    else
+        op = EPOLL_CTL_MOD;
+    ev.events = ((newmask & AC_EV_READ) ? (EPOLLIN | EPOLLPRI) : 0) |
+                ((newmask & AC_EV_WRITE) ? EPOLLOUT : 0);
+    ev.data.u64 = ((uint64_t)p->regs[fd].gen << 32) | (uint32_t)fd;
+    if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
+        int err = errno;
+        /* the kernel already forgot a descriptor that was closed behind our back */
+        if (op == EPOLL_CTL_DEL && (err == ENOENT || err == EBADF))
+            return 0;
+        if (op == EPOLL_CTL_MOD && err == ENOENT)
+            return epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? errno : 0;
+        if (op == EPOLL_CTL_ADD && err == EEXIST)
+            return epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? errno : 0;
+        return err;
+    }
+    return 0;
+}
+
+static int ep_wait(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout)
+{
+    struct epoll_impl *e = p->impl;
+    if (max > EPOLL_BATCH)
+        max = EPOLL_BATCH;
+    int n = epoll_wait(e->epfd, e->ev, max > 0 ? max : 1, timeout_ms);
+    *nout = 0;
+    if (n < 0)
+        return errno == EINTR ? 0 : errno;
+    for (int i = 0; i < n; i++) {
+        uint32_t ev = e->ev[i].events;
+        out[i].fd = (int)(uint32_t)e->ev[i].data.u64;
+        out[i].gen = (uint32_t)(e->ev[i].data.u64 >> 32);
+        out[i].events = ((ev & EPOLLIN) ? AC_EV_READ : 0) | ((ev & EPOLLOUT) ? AC_EV_WRITE : 0) |
+                        ((ev & EPOLLPRI) ? AC_EV_PRI : 0) | ((ev & EPOLLHUP) ? AC_EV_HUP : 0) |
+                        ((ev & EPOLLERR) ? AC_EV_ERR : 0);
+    }
+    *nout = n;
+    return 0;
+}
+
+static void ep_close(struct poller *p)
+{
+    struct epoll_impl *e = p->impl;
+    if (e) {
+        close(e->epfd);
+        free(e);
+        p->impl = NULL;
+    }
+}
+
+const struct poller_ops poller_epoll_ops = {"epoll", ep_open, ep_set, ep_wait, ep_close};
+#endif
