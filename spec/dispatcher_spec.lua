@@ -1,0 +1,439 @@
+local asyncore = require "asyncore"
+local H = require "helpers"
+
+-- An echo server whose handlers record what happened.
+local function echo_server(family, addr, events)
+  local Echo = asyncore.dispatcher_with_send:extend()
+  function Echo:handle_read()
+    local data = self:recv(65536)
+    if #data > 0 then self:send(data) end
+  end
+  function Echo:handle_close()
+    if events then events[#events + 1] = "server close" end
+    self:close()
+  end
+  local Server = asyncore.dispatcher:extend()
+  function Server:init()
+    asyncore.dispatcher.init(self)
+    self:create_socket(family or "inet", "stream")
+    self:set_reuse_addr()
+    self:bind(addr or { "127.0.0.1", 0 })
+    self:listen(64)
+  end
+  function Server:handle_accepted(sock, a)
+    self.accepted_addr = a
+    self.last = Echo(sock)
+  end
+  return Server()
+end
+
+-- A client that sends `payload` and collects what comes back.
+local function echo_client(family, addr, payload)
+  local Client = asyncore.dispatcher_with_send:extend()
+  function Client:init()
+    asyncore.dispatcher_with_send.init(self)
+    self.got = {}
+    self.n = 0
+    self:create_socket(family or "inet", "stream")
+    self:connect(addr)
+    self:send(payload)
+  end
+  function Client:handle_connect() self.connected_event = true end
+  function Client:handle_read()
+    local d = self:recv(65536)
+    self.got[#self.got + 1] = d
+    self.n = self.n + #d
+  end
+  function Client:handle_close() self.closed = true; self:close() end
+  return Client()
+end
+
+for _, backend in ipairs(asyncore.backends()) do
+  describe("dispatcher (" .. backend .. ")", function()
+    local opts = { backend = backend }
+    local fds
+    before_each(function()
+      -- the map's poller (an epoll descriptor) exists before counting
+      asyncore.loop { timeout = 0, count = 1, backend = backend }
+      collectgarbage(); collectgarbage()
+      fds = H.fd_count()
+    end)
+    after_each(function()
+      asyncore.close_all()
+      assert.is_nil(next(asyncore.socket_map))
+      collectgarbage(); collectgarbage()
+      assert.equal(fds, H.fd_count(), "a descriptor was left open")
+    end)
+
+    it("serves an echo round trip and fires handle_connect", function()
+      local server = echo_server()
+      local port = server.socket:getsockname()[2]
+      local c = echo_client("inet", { "127.0.0.1", port }, "hello asyncore")
+      H.run_until(function() return c.n == 14 end, 5, opts)
+      assert.equal("hello asyncore", table.concat(c.got))
+      assert.is_true(c.connected_event)
+      assert.is_true(c.connected)
+      assert.is_false(c.connecting)
+      assert.equal("127.0.0.1", server.accepted_addr[1])
+      assert.same(c.socket:getsockname(), server.last.addr)
+      assert.is_true(server.last.connected)
+      assert.equal(server, asyncore.socket_map[server:fileno()])
+    end)
+
+    it("delivers 8 MiB through dispatcher_with_send intact", function()
+      local server = echo_server()
+      local port = server.socket:getsockname()[2]
+      local blob = H.blob(8 * 1024 * 1024)
+      local c = echo_client("inet", { "127.0.0.1", port }, blob)
+      H.run_until(function() return c.n >= #blob end, 30, opts)
+      assert.equal(#blob, c.n)
+      assert.is_true(table.concat(c.got) == blob, "the data came back changed")
+      assert.equal(0, c:out_buffer_size())
+    end)
+
+    it("ends a refused connect in handle_close, through handle_error", function()
+      local l, port = H.listener()
+      l:close()   -- nothing listens there now
+      local C = asyncore.dispatcher:extend()
+      local seen = {}
+      function C:handle_error(err, tb)
+        seen.err = err
+        seen.tb = tb
+        asyncore.dispatcher.handle_error(self, err, tb)
+      end
+      function C:handle_close() seen.closed = true; self:close() end
+      function C:handle_connect() seen.connected = true end
+      function C:log_info(msg, t) seen.log = t end
+      local c = C()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      H.run_until(function() return seen.closed end, 5, opts)
+      assert.is_nil(seen.connected)
+      assert.is_true(asyncore.is_error(seen.err, "ECONNREFUSED"))
+      assert.equal("connect", seen.err.op)
+      assert.equal("error", seen.log)
+      assert.is_nil(next(asyncore.socket_map))
+    end)
+
+    it("sends a handler's error to handle_error and keeps serving others", function()
+      local server = echo_server()
+      local port = server.socket:getsockname()[2]
+      local Bad = asyncore.dispatcher:extend()
+      local caught
+      function Bad:writable() return false end
+      function Bad:handle_read() error("boom") end
+      function Bad:handle_error(err, tb) caught = { err = err, tb = tb }; self:close() end
+      local bad = Bad()
+      bad:create_socket()
+      bad:connect { "127.0.0.1", port }
+      local good = echo_client("inet", { "127.0.0.1", port }, "still alive")
+      -- make the bad one readable: the server echoes what it sends
+      bad.socket:send("x")
+      H.run_until(function() return caught and good.n == 11 end, 5, opts)
+      assert.matches("boom", caught.err)
+      assert.matches("stack traceback", caught.tb)
+      assert.equal("still alive", table.concat(good.got))
+    end)
+
+    it("the default handle_error logs with log_info('error') and closes", function()
+      local server = echo_server()
+      local port = server.socket:getsockname()[2]
+      local Bad = asyncore.dispatcher_with_send:extend()
+      local logged
+      function Bad:handle_read() error("kaput") end
+      function Bad:log_info(msg, t) if t == "error" then logged = { msg = msg, t = t } end end
+      local bad = Bad()
+      bad:create_socket()
+      bad:connect { "127.0.0.1", port }
+      bad:send("x")
+      H.run_until(function() return logged and bad.socket:fileno() == -1 end, 5, opts)
+      assert.equal("error", logged.t)
+      assert.matches("kaput", logged.msg)
+      assert.matches("uncaptured", logged.msg)
+    end)
+
+    it("returns '' from recv at end of stream after calling handle_close", function()
+      local l, port = H.listener()
+      local C = asyncore.dispatcher:extend()
+      local order = {}
+      function C:writable() return false end
+      function C:handle_read()
+        local d = self:recv(10)
+        order[#order + 1] = "read:" .. d
+      end
+      function C:handle_close() order[#order + 1] = "close"; self:close() end
+      local c = C()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      local s
+      H.run_until(function() s = s or l:accept(); return s end, 5, opts)
+      s:send("abc")
+      s:close()
+      H.run_until(function() return order[#order] == "read:" end, 5, opts)
+      assert.same({ "read:abc", "close", "read:" }, order)
+      l:close()
+    end)
+
+    it("hands everything a peer sent before closing to handle_read", function()
+      local l, port = H.listener()
+      local C = asyncore.dispatcher:extend()
+      local got, closed = {}, false
+      function C:writable() return false end
+      function C:handle_read() got[#got + 1] = self:recv(1000) end
+      function C:handle_close() closed = true; self:close() end
+      local c = C()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      local s
+      H.run_until(function() s = s or l:accept(); return s end, 5, opts)
+      local blob = H.blob(200000, 7)
+      s:setblocking(true)
+      -- the client reads only 1000 bytes per event: most of it is still queued at EOF
+      local co = coroutine.wrap(function()
+        local i = 1
+        while i <= #blob do
+          local n = s:send(blob, i, i + 65535)
+          i = i + n
+          coroutine.yield()
+        end
+        s:close()
+      end)
+      co()
+      H.run_until(function()
+        if s:fileno() >= 0 then co() end
+        return closed
+      end, 10, opts)
+      assert.is_true(table.concat(got) == blob, "data was lost at end of stream")
+      l:close()
+    end)
+
+    it("returns 0 from send and calls handle_close when the peer is gone", function()
+      local l, port = H.listener()
+      local C = asyncore.dispatcher:extend()
+      local closes = 0
+      function C:readable() return false end
+      function C:writable() return false end
+      function C:handle_close() closes = closes + 1; self:close() end
+      function C:handle_connect() end
+      local c = C()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      local s
+      H.run_until(function() s = s or l:accept(); return s end, 5, opts)
+      s:setsockopt("rcvbuf", 4096)
+      s:close()
+      H.run_for(0.05, opts)
+      local sent
+      -- the first send may still be taken; a later one sees the reset
+      for _ = 1, 50 do
+        sent = c:send("data after the peer left")
+        if closes > 0 then break end
+        os.execute("sleep 0.01")
+      end
+      assert.equal(0, sent)
+      assert.equal(1, closes)
+      l:close()
+    end)
+
+    it("never polls a listener for writing and honours readable()", function()
+      local L = asyncore.dispatcher:extend()
+      local writes, accepts = 0, 0
+      function L:handle_write() writes = writes + 1 end
+      function L:handle_accepted(sock) accepts = accepts + 1; sock:close() end
+      local l = L()
+      l:create_socket()
+      l:bind { "127.0.0.1", 0 }
+      l:listen(5)
+      local port = l.socket:getsockname()[2]
+      local Quiet = asyncore.dispatcher:extend()
+      local reads = 0
+      function Quiet:readable() return false end
+      function Quiet:writable() return false end
+      function Quiet:handle_read() reads = reads + 1 end
+      local q = Quiet()
+      q:create_socket()
+      q:connect { "127.0.0.1", port }
+      H.run_until(function() return accepts == 1 end, 5, opts)
+      H.run_for(0.05, opts)
+      assert.equal(0, writes)
+      assert.equal(0, reads)
+    end)
+
+    it("accepts every pending connection on one readiness event", function()
+      local L = asyncore.dispatcher:extend()
+      local accepted = 0
+      function L:handle_accepted(sock) accepted = accepted + 1; sock:close() end
+      local l = L()
+      l:create_socket()
+      l:bind { "127.0.0.1", 0 }
+      l:listen(64)
+      local port = l.socket:getsockname()[2]
+      local clients = {}
+      for i = 1, 20 do
+        clients[i] = asyncore.socket()
+        clients[i]:connect { "127.0.0.1", port }
+      end
+      os.execute("sleep 0.05")
+      asyncore.loop { timeout = 1, count = 1, backend = backend }
+      assert.equal(20, accepted)
+      for _, c in ipairs(clients) do c:close() end
+    end)
+
+    it("the default handle_accepted closes the socket and warns", function()
+      local l = asyncore.dispatcher()
+      local warned
+      function l:log_info(m, t) warned = t .. ": " .. m end
+      l:create_socket()
+      l:bind { "127.0.0.1", 0 }
+      l:listen(5)
+      local c = asyncore.socket()
+      c:connect { "127.0.0.1", l.socket:getsockname()[2] }
+      H.run_until(function() return warned end, 5, opts)
+      assert.equal("warning: unhandled accepted event", warned)
+      H.run_until(function() return c:recv(1) == "" end, 5, opts)
+      c:close()
+    end)
+
+    it("runs a UDP dispatcher with sendto/recvfrom", function()
+      local U = asyncore.dispatcher:extend()
+      local got
+      function U:writable() return false end
+      function U:handle_read()
+        local d, from = self.socket:recvfrom(100)
+        got = { d, from }
+      end
+      local u = U()
+      u:create_socket("inet", "dgram")
+      u:bind { "127.0.0.1", 0 }
+      local s = asyncore.socket("inet", "dgram")
+      s:sendto("datagram", u.socket:getsockname())
+      H.run_until(function() return got end, 5, opts)
+      assert.equal("datagram", got[1])
+      assert.equal(s:getsockname()[2], got[2][2])
+      s:close()
+    end)
+
+    it("serves over a Unix domain socket", function()
+      local path = H.tmpname()
+      local server = echo_server("unix", path)
+      local c = echo_client("unix", path, "unix echo")
+      H.run_until(function() return c.n == 9 end, 5, opts)
+      assert.equal("unix echo", table.concat(c.got))
+      assert.equal(path, c.addr)
+      os.remove(path)
+      server:close()
+    end)
+
+    it("serves over IPv6", function()
+      if not H.have_ipv6() then return pending("::1 unavailable") end
+      local server = echo_server("inet6", { "::1", 0 })
+      local port = server.socket:getsockname()[2]
+      local c = echo_client("inet6", { "::1", port }, "v6 echo")
+      H.run_until(function() return c.n == 7 end, 5, opts)
+      assert.equal("v6 echo", table.concat(c.got))
+      assert.equal("::1", server.last.addr[1])
+    end)
+
+    it("reads a pipe with file_dispatcher until it ends", function()
+      local F = asyncore.file_dispatcher:extend()
+      local got, closed = {}, false
+      function F:writable() return false end
+      function F:handle_read() got[#got + 1] = self:recv(100) end
+      function F:handle_close() closed = true; self:close() end
+      local p = io.popen("printf 'from a pipe'")
+      local f = F(p)
+      assert.is_true(f.connected)
+      H.run_until(function() return closed end, 5, opts)
+      assert.equal("from a pipe", table.concat(got))
+      p:close()
+    end)
+
+    it("writes to a pipe with file_dispatcher (integer descriptor)", function()
+      local out = os.tmpname()
+      local p = io.popen("cat > " .. out, "w")
+      local fd = asyncore.file_dispatcher(p)
+      assert.equal(5, fd:send("piped"))
+      fd:close()
+      p:close()
+      local f = io.open(out)
+      assert.equal("piped", f:read("a"))
+      f:close()
+      os.remove(out)
+    end)
+
+    it("leaves and rejoins the map with del_channel/add_channel", function()
+      local d = asyncore.dispatcher()
+      d:create_socket()
+      local fd = d:fileno()
+      assert.equal(d, asyncore.socket_map[fd])
+      d:del_channel()
+      assert.is_nil(asyncore.socket_map[fd])
+      local m = {}
+      d:add_channel(m)
+      assert.equal(d, m[fd])
+      d:del_channel(m)
+      assert.is_nil(m[fd])
+      d:add_channel()
+      d:close()
+      assert.is_nil(asyncore.socket_map[fd])
+    end)
+
+    it("serves a private map given to the constructor and to loop", function()
+      local map = {}
+      local L = asyncore.dispatcher:extend()
+      local accepted
+      function L:handle_accepted(sock) accepted = true; sock:close() end
+      local l = L(nil, map)
+      l:create_socket()
+      l:bind { "127.0.0.1", 0 }
+      l:listen(5)
+      assert.equal(l, map[l:fileno()])
+      assert.is_nil(asyncore.socket_map[l:fileno()])
+      local c = asyncore.socket()
+      c:connect { "127.0.0.1", l.socket:getsockname()[2] }
+      H.run_until(function() return accepted end, 5, { map = map, backend = backend })
+      asyncore.close_all(map)
+      assert.is_nil(next(map))
+      c:close()
+      map = nil   -- its poller goes with it
+    end)
+
+    it("calls handle_expt for urgent (out-of-band) data", function()
+      local script = [[
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.send(b"!", socket.MSG_OOB)
+import time; time.sleep(2)
+]]
+      local f = os.tmpname()
+      local h = io.open(f, "w"); h:write(script); h:close()
+      local L = asyncore.dispatcher:extend()
+      local expt
+      local C = asyncore.dispatcher:extend()
+      function C:writable() return false end
+      function C:handle_read() self:recv(10) end
+      function C:handle_expt() expt = true; self:close() end
+      function L:handle_accepted(sock) C(sock) end
+      local l = L()
+      l:create_socket()
+      l:bind { "127.0.0.1", 0 }
+      l:listen(5)
+      local p = H.spawn("python3 " .. f .. " " .. l.socket:getsockname()[2], 10)
+      H.run_until(function() return expt end, 8, opts)
+      p.kill()
+      os.remove(f)
+    end)
+
+    it("gives the log and log_info output Python's asyncore gives", function()
+      local d = asyncore.dispatcher()
+      local out = H.capture([[lua5.4 -e 'package.path="lua/?.lua;"..package.path; package.cpath="./?.so;"..package.cpath
+        local d = require("asyncore").dispatcher()
+        d:log("hit"); d:log_info("hello"); d:log_info("careful", "warning"); d:log_info("bad", "error")']])
+      assert.matches("log: hit\n", out)
+      assert.matches("info: hello\n", out)
+      assert.not_matches("careful", out)
+      assert.matches("error: bad\n", out)
+      assert.is_true(d.ignore_log_types.warning)
+    end)
+  end)
+end

@@ -1,0 +1,157 @@
+-- Shared helpers for the specs: bounded loops, free ports, descriptor counts,
+-- and child processes (Python peers, example scripts) with a time limit.
+local asyncore = require "asyncore"
+
+local H = {}
+
+H.LUA = os.getenv("AC_LUA") or "lua5.4"
+H.ROOT = os.getenv("PWD") or "."
+
+--- Drive the loop until pred() is true; fail after `seconds` (default 5).
+-- opts: map, backend, timeout (per pass, default 0.01)
+function H.run_until(pred, seconds, opts)
+  seconds = seconds or 5
+  opts = opts or {}
+  local deadline = asyncore.Object and require("asyncore.core").now() + seconds
+  local now = require("asyncore.core").now
+  while not pred() do
+    if now() > deadline then
+      error(("timed out after %gs"):format(seconds), 2)
+    end
+    asyncore.loop { timeout = opts.timeout or 0.01, count = 1, map = opts.map, backend = opts.backend }
+  end
+end
+
+--- Run the loop for about `seconds`, whatever happens.
+function H.run_for(seconds, opts)
+  local now = require("asyncore.core").now
+  local deadline = now() + seconds
+  opts = opts or {}
+  while now() < deadline do
+    asyncore.loop { timeout = 0.01, count = 1, map = opts.map, backend = opts.backend }
+  end
+end
+
+function H.now() return require("asyncore.core").now() end
+
+--- Number of open descriptors of this process.
+function H.fd_count()
+  local p = io.popen("ls /proc/" .. H.pid() .. "/fd")
+  local n = 0
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n - 1   -- the ls itself does not count, its pipe does
+end
+
+local pid
+function H.pid()
+  if not pid then
+    local f = io.open("/proc/self/stat")
+    -- /proc/self is the reader's own process: here, this interpreter
+    pid = f:read("n")
+    f:close()
+  end
+  return pid
+end
+
+--- A listening stream socket on a free loopback port: sock, port.
+function H.listener(family, host)
+  local s = asyncore.socket(family or "inet", "stream")
+  s:setsockopt("reuseaddr", true)
+  s:bind { host or "127.0.0.1", 0 }
+  s:listen(16)
+  return s, s:getsockname()[2]
+end
+
+--- A fresh path for a Unix socket.
+function H.tmpname()
+  local n = os.tmpname()
+  os.remove(n)
+  return n
+end
+
+--- Is ::1 usable here?
+function H.have_ipv6()
+  local ok = pcall(function()
+    local s = asyncore.socket("inet6", "stream")
+    s:bind { "::1", 0 }
+    s:close()
+  end)
+  return ok
+end
+
+--- Start a command in the background with a time limit; its stdout goes to a
+-- file. Returns a handle with :wait_line(pattern, seconds), :output(), :kill().
+function H.spawn(cmd, limit)
+  local out = os.tmpname()
+  local pidfile = os.tmpname()
+  local full = ("sh -c 'echo $$ > %s; exec timeout -k 2 %d %s' > %s 2>&1 &")
+    :format(pidfile, limit or 30, cmd:gsub("'", "'\\''"), out)
+  os.execute(full)
+  local h = { out = out }
+  function h.pid()
+    local f = io.open(pidfile)
+    local p = f and f:read("n")
+    if f then f:close() end
+    return p
+  end
+  function h.output()
+    local f = io.open(out)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    return s
+  end
+  --- Wait (driving the loop) until the output matches pattern; returns the capture.
+  function h.wait_line(pattern, seconds)
+    local cap
+    H.run_until(function()
+      cap = h.output():match(pattern)
+      return cap ~= nil
+    end, seconds or 10)
+    return cap
+  end
+  function h.running()
+    local p = h.pid()
+    return p and os.execute("kill -0 " .. p .. " 2>/dev/null") == true
+  end
+  --- Wait until the process has exited (driving the loop meanwhile).
+  function h.wait_exit(seconds)
+    H.run_until(function() return not h.running() end, seconds or 10)
+  end
+  function h.kill()
+    local p = h.pid()
+    if p then os.execute("kill " .. p .. " 2>/dev/null") end
+    os.remove(pidfile)
+  end
+  return h
+end
+
+--- A shell command's output (blocking; for quick commands only).
+function H.capture(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local s = p:read("a")
+  p:close()
+  return s
+end
+
+--- Close everything and check the map is empty.
+function H.cleanup()
+  asyncore.close_all()
+end
+
+--- A byte string of n pseudo-random bytes (deterministic).
+function H.blob(n, seed)
+  local t = {}
+  local x = seed or 12345
+  local chunk = {}
+  for i = 1, 4096 do
+    x = (x * 1103515245 + 12345) % 2147483648
+    chunk[i] = string.char(x % 256)
+  end
+  chunk = table.concat(chunk)
+  for i = 1, n // 4096 do t[i] = chunk end
+  t[#t + 1] = chunk:sub(1, n % 4096)
+  return table.concat(t)
+end
+
+return H

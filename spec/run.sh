@@ -1,0 +1,28 @@
+#!/bin/sh
+# Run the busted specs under Lua 5.4 and end with the line CI reads:
+#   N passed, N failed
+# usage: sh spec/run.sh LUA BUSTED [busted args...]
+# LUA may be a command with arguments (e.g. "valgrind -q lua5.4").
+# The whole run is bounded (AC_SPEC_TIMEOUT seconds, default 900): a hang fails.
+LUA=${1:-lua5.4}
+BUSTED=${2:-/usr/bin/busted}
+shift 2 2>/dev/null
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+# shellcheck disable=SC2086
+timeout -k 10 "${AC_SPEC_TIMEOUT:-900}" $LUA "$BUSTED" -o TAP "$@" >"$out" 2>&1
+status=$?
+cat "$out"
+passed=$(grep -c '^ok ' "$out")
+failed=$(grep -c '^not ok ' "$out")
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  # busted or the interpreter died (timeout, crash, error outside a test)
+  echo "spec run ended with status $status" >&2
+  failed=$((failed + 1))
+fi
+if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
+  echo "no test ran" >&2
+  failed=1
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

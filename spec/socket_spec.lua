@@ -1,0 +1,190 @@
+local asyncore = require "asyncore"
+local H = require "helpers"
+
+-- A blocking wait for a raw socket operation that is not yet ready.
+local function retry(fn, seconds)
+  local deadline = H.now() + (seconds or 5)
+  while true do
+    local a, b = fn()
+    if a ~= nil and a ~= false then return a, b end
+    if H.now() > deadline then error("timed out", 2) end
+    os.execute("sleep 0.01")
+  end
+end
+
+describe("asyncore.socket", function()
+  local fds
+  before_each(function() collectgarbage(); collectgarbage(); fds = H.fd_count() end)
+  after_each(function()
+    collectgarbage(); collectgarbage()
+    assert.equal(fds, H.fd_count(), "a descriptor was left open")
+  end)
+
+  it("connects, accepts, sends and receives over TCP on 127.0.0.1", function()
+    local l, port = H.listener()
+    local c = asyncore.socket("inet", "stream")
+    local done = c:connect { "127.0.0.1", port }
+    assert.is_boolean(done)
+    local s, addr = retry(function() return l:accept() end)
+    assert.equal("127.0.0.1", addr[1])
+    assert.is_number(addr[2])
+    assert.equal(port, c:getpeername()[2])
+    assert.same(c:getsockname(), s:getpeername())
+    retry(function() return c:send("hello") == 5 end)
+    assert.equal("hello", retry(function() return s:recv(100) end))
+    assert.is_nil(s:recv(100), "nothing to read now gives nil")
+    c:shutdown("write")
+    assert.equal("", retry(function() return s:recv(100) end), "end of stream gives ''")
+    s:close(); c:close(); l:close()
+  end)
+
+  it("accepts host and port as two arguments", function()
+    local s = asyncore.socket()
+    s:bind("127.0.0.1", 0)
+    assert.equal("127.0.0.1", s:getsockname()[1])
+    s:close()
+  end)
+
+  it("returns nil from accept when nothing is pending", function()
+    local l = H.listener()
+    assert.is_nil(l:accept())
+    l:close()
+  end)
+
+  it("sends and receives datagrams with sendto/recvfrom", function()
+    local a = asyncore.socket("inet", "dgram")
+    a:bind { "127.0.0.1", 0 }
+    local b = asyncore.socket(asyncore.AF_INET, asyncore.SOCK_DGRAM)
+    b:bind { "127.0.0.1", 0 }
+    assert.equal(4, b:sendto("ping", a:getsockname()))
+    local data, from = retry(function() return a:recvfrom(100) end)
+    assert.equal("ping", data)
+    assert.same(b:getsockname(), from)
+    assert.is_nil(a:recvfrom(100))
+    a:close(); b:close()
+  end)
+
+  it("works over Unix domain sockets with path addresses", function()
+    local path = H.tmpname()
+    local l = asyncore.socket("unix", "stream")
+    l:bind(path)
+    l:listen(4)
+    assert.equal(path, l:getsockname())
+    local c = asyncore.socket("unix")
+    retry(function() return c:connect(path) or true end)
+    local s = retry(function() return l:accept() end)
+    c:send("over unix")
+    assert.equal("over unix", retry(function() return s:recv(64) end))
+    s:close(); c:close(); l:close()
+    os.remove(path)
+  end)
+
+  it("works over IPv6 on ::1", function()
+    if not H.have_ipv6() then return pending("::1 unavailable") end
+    local l, port = H.listener("inet6", "::1")
+    local c = asyncore.socket("inet6")
+    c:connect { "::1", port }
+    local s, addr = retry(function() return l:accept() end)
+    assert.equal("::1", addr[1])
+    c:send("six")
+    assert.equal("six", retry(function() return s:recv(10) end))
+    s:close(); c:close(); l:close()
+  end)
+
+  it("sets and gets the named options", function()
+    local s = asyncore.socket()
+    for _, name in ipairs { "reuseaddr", "reuseport", "nodelay", "keepalive" } do
+      s:setsockopt(name, true)
+      assert.is_true(s:getsockopt(name), name)
+      s:setsockopt(name, false)
+      assert.is_false(s:getsockopt(name), name)
+    end
+    s:setsockopt("sndbuf", 65536)
+    assert.is_true(s:getsockopt("sndbuf") >= 65536)
+    s:setsockopt("rcvbuf", 65536)
+    assert.is_true(s:getsockopt("rcvbuf") >= 65536)
+    assert.equal(0, s:getsockopt("error"))
+    assert.has_error(function() s:setsockopt("error", 1) end)
+    assert.has_error(function() s:setsockopt("nosuch", 1) end)
+    s:close()
+  end)
+
+  it("can be made blocking and non-blocking", function()
+    local l, port = H.listener()
+    local c = asyncore.socket()
+    c:setblocking(true)
+    assert.is_true(c:connect { "127.0.0.1", port })
+    local s = retry(function() return l:accept() end)
+    s:setblocking(true)
+    c:send("x")
+    assert.equal("x", s:recv(1))   -- blocks until it arrives
+    s:setblocking(false)
+    assert.is_nil(s:recv(1))
+    s:close(); c:close(); l:close()
+  end)
+
+  it("says so when a closed socket is used, and closes idempotently", function()
+    local s = asyncore.socket()
+    s:close()
+    s:close()
+    assert.equal("asyncore.socket (closed)", tostring(s))
+    local ok, err = pcall(s.bind, s, { "127.0.0.1", 0 })
+    assert.is_false(ok)
+    assert.is_true(asyncore.is_error(err, "EBADF"))
+    assert.matches("closed socket", tostring(err))
+    assert.equal(-1, s:fileno())
+  end)
+
+  it("closes when collected and at the end of a <close> scope", function()
+    do
+      local s <close> = asyncore.socket()
+      assert.is_true(s:fileno() >= 0)
+    end
+    local before = H.fd_count()
+    for _ = 1, 20 do asyncore.socket() end
+    collectgarbage(); collectgarbage()
+    assert.equal(before, H.fd_count())
+  end)
+
+  it("raises error objects for operating-system failures", function()
+    local a = asyncore.socket()
+    a:bind { "127.0.0.1", 0 }
+    local port = a:getsockname()[2]
+    local b = asyncore.socket()
+    local ok, err = pcall(b.bind, b, { "127.0.0.1", port })
+    assert.is_false(ok)
+    assert.equal("EADDRINUSE", err.code)
+    assert.equal("bind", err.op)
+    assert.is_number(err.errno)
+    assert.equal("bind: Address already in use (EADDRINUSE)", tostring(err))
+    assert.is_true(asyncore.is_error(err))
+    assert.is_true(asyncore.is_error(err, "EADDRINUSE"))
+    assert.is_false(asyncore.is_error(err, "ECONNREFUSED"))
+    assert.is_false(asyncore.is_error("EADDRINUSE"))
+    a:close(); b:close()
+  end)
+
+  it("reports an unresolvable host name", function()
+    local s = asyncore.socket()
+    local ok, err = pcall(s.connect, s, { "no-such-host.invalid", 80 })
+    assert.is_false(ok)
+    assert.is_true(asyncore.is_error(err))
+    assert.matches("^EAI_", err.code)
+    s:close()
+  end)
+
+  it("resolves localhost", function()
+    local s = asyncore.socket()
+    s:bind { "localhost", 0 }
+    assert.equal("127.0.0.1", s:getsockname()[1])
+    s:close()
+  end)
+
+  it("opens sockets close-on-exec", function()
+    local s = asyncore.socket()
+    local fd = s:fileno()
+    local out = H.capture(("sh -c 'ls /proc/$$/fd' | grep -cx %d"):format(fd))
+    assert.equal("0", out:match("%d+"))
+    s:close()
+  end)
+end)
