@@ -7,6 +7,10 @@
 LUA=${1:-lua5.4}
 BUSTED=${2:-/usr/bin/busted}
 shift 2 2>/dev/null
+# child processes (examples, peers) find the modules of this tree
+here=$(pwd)
+export LUA_PATH="$here/lua/?.lua;$here/spec/?.lua;;"
+export LUA_CPATH="$here/?.so;;"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # shellcheck disable=SC2086

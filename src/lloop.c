@@ -36,6 +36,7 @@ enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PRE
 
 int ac_rawbool(lua_State *L, int t, const char *k)
 {
+    t = lua_absindex(L, t);
     lua_pushstring(L, k);
     int b = lua_rawget(L, t) != LUA_TNIL && lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -46,6 +47,7 @@ ac_socket *ac_chansock(lua_State *L, int chan)
 {
     if (lua_type(L, chan) != LUA_TTABLE)
         return NULL;
+    chan = lua_absindex(L, chan);
     lua_pushliteral(L, "socket");
     lua_rawget(L, chan);
     ac_socket *s = ac_tosock(L, -1);
