@@ -1,5 +1,6 @@
 # lua-asyncore: build, test, check, install.
 #   make            build asyncore/core.so (-O2, warnings are errors)
+#   make demo       an echo server and client talking over loopback
 #   make test       run the busted specs under Lua 5.4; last line "N passed, N failed"
 #   make check      the specs under AddressSanitizer + UBSan, then under valgrind memcheck
 #   make bench      examples/echo_server.lua against Python's asyncore (bench/README.md)
@@ -25,7 +26,7 @@ OBJS = $(SRCS:.c=.o)
 HDRS = $(wildcard src/*.h)
 SO   = asyncore/core.so
 
-.PHONY: all test check check-asan check-valgrind bench install uninstall clean lint
+.PHONY: all demo test check check-asan check-valgrind bench install uninstall clean lint
 
 all: $(SO)
 
@@ -35,6 +36,9 @@ src/%.o: src/%.c $(HDRS)
 $(SO): $(OBJS)
 	@mkdir -p asyncore
 	$(CC) -shared -o $@ $(OBJS) $(LDFLAGS)
+
+demo: $(SO)
+	@LUA_PATH="$(CURDIR)/lua/?.lua;;" LUA_CPATH="$(CURDIR)/?.so;;" LUA=$(LUA) sh examples/demo.sh
 
 test: $(SO)
 	@sh spec/run.sh $(LUA) $(BUSTED)
@@ -61,7 +65,7 @@ bench: $(SO)
 
 install: $(SO)
 	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore
-	install -m 644 lua/asyncore.lua lua/asynchat.lua $(DESTDIR)$(LUADIR)/
+	install -m 644 lua/*.lua $(DESTDIR)$(LUADIR)/
 	install -m 644 lua/asyncore/class.lua $(DESTDIR)$(LUADIR)/asyncore/
 	install -m 755 $(SO) $(DESTDIR)$(CMODDIR)/asyncore/
 

@@ -1,0 +1,37 @@
+rockspec_format = "3.0"
+package = "lua-asyncore"
+version = "0.1.0-1"
+source = {
+  url = "git+https://example.invalid/lua-asyncore.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Python's asyncore and asynchat for Lua 5.4, with the event loop in C",
+  detailed = [[
+    Subclass dispatcher or async_chat with plain Lua tables whose methods
+    (handle_read, handle_accept, found_terminator, ...) are the callbacks.
+    A C core runs the loop (select, poll, epoll, kqueue), the non-blocking
+    sockets, the timers and all the buffering.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["asyncore.core"] = {
+      sources = {
+        "src/buffer.c", "src/clock.c", "src/errnames.c", "src/lchan.c", "src/lchat.c",
+        "src/lcore.c", "src/lerror.c", "src/lloop.c", "src/lsocket.c", "src/ltimer.c",
+        "src/poller.c", "src/poller_epoll.c", "src/poller_kqueue.c", "src/poller_poll.c",
+        "src/poller_select.c", "src/sock.c", "src/timerheap.c",
+      },
+      incdirs = { "src" },
+      defines = {},
+    },
+    asyncore = "lua/asyncore.lua",
+    ["asyncore.class"] = "lua/asyncore/class.lua",
+  },
+}

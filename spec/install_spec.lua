@@ -1,0 +1,43 @@
+local H = require "helpers"
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
+  local out = p:read("a")
+  p:close()
+  return out, tonumber(out:match("exit=(%d+)%s*$"))
+end
+
+describe("installation", function()
+  local tmp
+  before_each(function()
+    tmp = H.capture("mktemp -d"):gsub("%s+$", "")
+    -- build from a copy, so the tree's own build is left alone
+    sh(("cp -r lua src *.rockspec Makefile %s/"):format(tmp))
+  end)
+  after_each(function() os.execute("rm -rf " .. tmp) end)
+
+  local function check_tree(tree)
+    local env = ("LUA_PATH='%s/share/lua/5.4/?.lua' LUA_CPATH='%s/lib/lua/5.4/?.so'"):format(tree, tree)
+    local out = H.capture(("cd /tmp && %s timeout 20 %s %s/spec/peers/installed_check.lua")
+      :format(env, H.LUA, H.ROOT))
+    assert.matches("asyncore from " .. tree:gsub("%p", "%%%0"), out)
+    assert.matches("core from " .. tree:gsub("%p", "%%%0"), out)
+    assert.matches("served installed rock", out)
+  end
+
+  it("builds and installs the rock offline with luarocks make", function()
+    if not H.capture("command -v luarocks"):match("luarocks") then
+      return pending("luarocks is not installed")
+    end
+    local out, status = sh(("cd %s && timeout 120 luarocks --lua-version 5.4 make --tree %s/tree "
+      .. "lua-asyncore-*.rockspec CFLAGS='-O2 -fPIC -Wall -Wextra -Werror'"):format(tmp, tmp))
+    assert.equal(0, status, out)
+    check_tree(tmp .. "/tree")
+  end)
+
+  it("installs with make install PREFIX=...", function()
+    local out, status = sh(("cd %s && make -s install PREFIX=%s/usr"):format(tmp, tmp))
+    assert.equal(0, status, out)
+    check_tree(tmp .. "/usr")
+  end)
+end)
