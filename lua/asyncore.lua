@@ -175,6 +175,7 @@ function dispatcher:init(sock, map)
       self:del_channel(map)
       error(addr, 0)
     end
+    update_interest(self)             -- writable() may depend on `connected`
   end
 end
 

@@ -41,6 +41,7 @@ struct ac_chat;
 #define SF_NONBLOCK  0x02u
 #define SF_LISTENING 0x04u
 #define SF_ACCEPTED  0x08u  /* the last accept() on this listener returned a connection */
+#define SF_CONNECTING 0x10u /* a non-blocking connect is under way (cleared when it ends) */
 
 /* channel modes, found at add_channel from the methods the channel has */
 #define CM_RD_CUSTOM 0x01u  /* readable() is a Lua method: ask it every pass */
@@ -82,6 +83,46 @@ typedef struct ac_mapstate {
 
 #define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))
 
+/*
+** Every C function of the core has the same upvalues: the state, the socket
+** metatable, then the field names the hot paths look up, as ready Lua strings
+** (lua_getfield with a C string goes through the string cache and a strcmp
+** on every call; pushing an upvalue is a copy).
+*/
+#define AC_KEYS(X) \
+    X(SOCKET, "socket") X(CONNECTED, "connected") X(ACCEPTING, "accepting") \
+    X(CONNECTING, "connecting") X(DEBUG, "debug") X(HANDLE_READ, "handle_read") \
+    X(HANDLE_WRITE, "handle_write") X(HANDLE_CLOSE, "handle_close") \
+    X(HANDLE_ACCEPT, "handle_accept") X(HANDLE_ACCEPTED, "handle_accepted") \
+    X(HANDLE_CONNECT, "handle_connect") X(HANDLE_CONNECT_EVENT, "handle_connect_event") \
+    X(HANDLE_READ_EVENT, "handle_read_event") X(HANDLE_WRITE_EVENT, "handle_write_event") \
+    X(HANDLE_EXPT_EVENT, "handle_expt_event") X(HANDLE_ERROR, "handle_error") \
+    X(READABLE, "readable") X(WRITABLE, "writable") X(MAP, "_map") X(LOG_INFO, "log_info") \
+    X(ACCEPT, "accept") X(CLOSE, "close") X(FOUND_TERMINATOR, "found_terminator") \
+    X(COLLECT_INCOMING_DATA, "collect_incoming_data") X(HANDLE_OVERFLOW, "handle_overflow") \
+    X(MAX_IN_BUFFER, "max_in_buffer") X(AC_IN_BUFFER_SIZE, "ac_in_buffer_size") \
+    X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size")
+
+enum ac_key {
+#define AC_KEY_ENUM(name, str) K_##name,
+    AC_KEYS(AC_KEY_ENUM)
+#undef AC_KEY_ENUM
+    K_COUNT
+};
+
+#define UP_STATE 1
+#define UP_SOCKMT 2
+#define AC_NUP (2 + K_COUNT)
+#define KEY(k) lua_upvalueindex(3 + (k))
+#define ac_pushkey(L, k) lua_pushvalue(L, KEY(k))
+
+/* push the AC_NUP upvalues: the state and socket metatable at st, mt (absolute) */
+void ac_pushupvalues(lua_State *L, int st, int mt);
+/* push a copy of the calling C function's own upvalues */
+void ac_copyupvalues(lua_State *L);
+/* luaL_setfuncs into the table on top, with the standard upvalues */
+void ac_setfuncs(lua_State *L, const luaL_Reg *l, int st, int mt);
+
 /* lerror.c */
 int ac_pusherror(lua_State *L, const char *op, int err, const char *message);
 int ac_raise(lua_State *L, const char *op, int err);
@@ -99,7 +140,7 @@ void ac_sock_close(lua_State *L, ac_socket *s);
 void ac_pushaddr(lua_State *L, const ac_sockaddr *a);
 int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs);
 char *ac_rbuf(ac_state *S, size_t n);
-void ac_socket_open(lua_State *L);
+void ac_socket_open(lua_State *L, int st, int mt);
 int lsocket_new(lua_State *L);
 int lsocket_wrapfd(lua_State *L);
 int lsocket_fileno_of(lua_State *L);
@@ -111,26 +152,26 @@ void ac_update_interest(lua_State *L, int chan, ac_socket *s);
 ac_socket *ac_chansock(lua_State *L, int chan);        /* the channel's socket or NULL */
 ac_socket *ac_checkchan(lua_State *L, int chan, const char *op);
 ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend);
-int ac_rawbool(lua_State *L, int t, const char *k);
-void ac_loop_open(lua_State *L);
+int ac_rawbool(lua_State *L, int t, enum ac_key k);
+void ac_loop_open(lua_State *L, int st, int mt);
 
 /* ltimer.c */
-void ac_timer_open(lua_State *L);
+void ac_timer_open(lua_State *L, int st, int mt);
 int ac_timers_run(lua_State *L, ac_state *S, int msgh);
 int ac_timers_wait_ms(ac_state *S, ac_monotime now, int wait_ms);
 
 /* lchan.c */
-void ac_chan_open(lua_State *L);
+void ac_chan_open(lua_State *L, int st, int mt);
 extern const lua_CFunction ac_stock_readable, ac_stock_writable, ac_stock_ds_writable,
     ac_stock_chat_writable, ac_stock_read_event, ac_stock_write_event, ac_stock_handle_accept,
     ac_stock_ds_handle_write, ac_stock_connect_event;
 int ac_chan_read_event(lua_State *L, int chan, ac_socket *s);
 int ac_chan_write_event(lua_State *L, int chan, ac_socket *s);
 unsigned ac_stock_write_mask(lua_State *L, int chan, ac_socket *s);
-int ac_call_method(lua_State *L, int chan, const char *name, int nargs);
+int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs);
 
 /* lchat.c */
-void ac_chat_open(lua_State *L);
+void ac_chat_open(lua_State *L, int st, int mt);
 int ac_chat_wants_write(const ac_socket *s);
 void ac_chat_free(ac_socket *s);
 

@@ -25,9 +25,18 @@
 ** Call chan:name(args...) with the nargs values on the stack top; they are
 ** popped. Errors propagate (the loop's pcall catches them). Runs Lua code.
 */
-int ac_call_method(lua_State *L, int chan, const char *name, int nargs)
+int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs)
 {
-    lua_getfield(L, chan, name);
+    chan = lua_absindex(L, chan);
+    if (nargs == 0) {   /* the common case: no shuffling */
+        ac_pushkey(L, name);
+        lua_gettable(L, chan);
+        lua_pushvalue(L, chan);
+        lua_call(L, 1, 0);
+        return 0;
+    }
+    ac_pushkey(L, name);
+    lua_gettable(L, chan);
     lua_insert(L, -(nargs + 1));
     lua_pushvalue(L, chan);
     lua_insert(L, -(nargs + 1));
@@ -35,9 +44,10 @@ int ac_call_method(lua_State *L, int chan, const char *name, int nargs)
     return 0;
 }
 
-static void set_field(lua_State *L, int chan, const char *k, int v)
+
+static void set_field(lua_State *L, int chan, enum ac_key k, int v)
 {
-    lua_pushstring(L, k);
+    ac_pushkey(L, k);
     lua_pushboolean(L, v);
     lua_rawset(L, chan);
 }
@@ -59,13 +69,13 @@ static int lds_writable(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
-    lua_pushboolean(L, (s && buffer_len(&s->out) > 0) || !ac_rawbool(L, 1, "connected"));
+    lua_pushboolean(L, (s && buffer_len(&s->out) > 0) || !ac_rawbool(L, 1, K_CONNECTED));
     return 1;
 }
 
 static int peer_gone(lua_State *L, int chan)
 {
-    ac_call_method(L, chan, "handle_close", 0);
+    ac_call_method(L, chan, K_HANDLE_CLOSE, 0);
     return 0;
 }
 
@@ -149,16 +159,15 @@ static int lds_send(lua_State *L)
     ac_socket *s = ac_checkchan(L, 1, "send");
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
-    if (ac_rawbool(L, 1, "debug")) {
+    if (ac_rawbool(L, 1, K_DEBUG)) {
         lua_pushfstring(L, "sending %s", luaL_tolstring(L, 2, NULL));
         lua_remove(L, -2);
         lua_pushliteral(L, "info");
-        ac_call_method(L, 1, "log_info", 2);
+        ac_call_method(L, 1, K_LOG_INFO, 2);
         s = ac_checkchan(L, 1, "send");
     }
     size_t sent = 0;
-    int connected = ac_rawbool(L, 1, "connected");
-    if (buffer_len(&s->out) == 0 && connected) {
+    if (buffer_len(&s->out) == 0 && !(s->flags & SF_CONNECTING)) {
         int err = sock_send(s->fd, s->flags & SF_FILE, p, n, &sent);
         if (err && err != EAGAIN) {
             if (ac_is_disconnect(err)) {
@@ -220,7 +229,7 @@ static int lchan_accept(lua_State *L)
         lua_pushfstring(L, "accept: %s; not accepting for %d ms", strerror(err),
                         (int)(ACCEPT_PAUSE * 1000));
         lua_pushliteral(L, "warning");
-        ac_call_method(L, 1, "log_info", 2);
+        ac_call_method(L, 1, K_LOG_INFO, 2);
     } else if (err != EAGAIN && err != ECONNABORTED && err != EPROTO && err != EPERM) {
         return ac_raise(L, "accept", err);
     }
@@ -233,12 +242,13 @@ static int lchan_handle_accept(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_getfield(L, 1, "accept");
+    ac_pushkey(L, K_ACCEPT);
+    lua_gettable(L, 1);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 2);
     if (lua_isnil(L, 2))
         return 0;
-    ac_call_method(L, 1, "handle_accepted", 2);
+    ac_call_method(L, 1, K_HANDLE_ACCEPTED, 2);
     return 0;
 }
 
@@ -257,12 +267,14 @@ static int lchan_handle_connect_event(lua_State *L)
     if (soerr)
         return ac_raise(L, "connect", soerr);
     lua_settop(L, 1);
-    ac_call_method(L, 1, "handle_connect", 0);
-    set_field(L, 1, "connected", 1);
-    set_field(L, 1, "connecting", 0);
+    ac_call_method(L, 1, K_HANDLE_CONNECT, 0);
+    set_field(L, 1, K_CONNECTED, 1);
+    set_field(L, 1, K_CONNECTING, 0);
     s = ac_chansock(L, 1);
-    if (s && !sock_isclosed(s))
+    if (s && !sock_isclosed(s)) {
+        s->flags &= ~SF_CONNECTING;
         ac_update_interest(L, 1, s);
+    }
     return 0;
 }
 
@@ -273,45 +285,51 @@ static ac_socket *same(lua_State *L, int chan, uint32_t gen)
     return (s && !sock_isclosed(s) && s->gen == gen) ? s : NULL;
 }
 
-/* handle_read_event, as Python's, for the channel at chan. Runs Lua code. */
+/*
+** handle_read_event, as Python's, for the channel at chan. The fields
+** `accepting`, `connected` and `connecting` are read only where the socket
+** itself says they can matter (it listens; a connect is under way), so the
+** common case, a connected channel, goes straight to handle_read.
+** Runs Lua code.
+*/
 int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
 {
     uint32_t gen = s->gen;
-    if (ac_rawbool(L, chan, "accepting")) {
+    if ((s->flags & SF_LISTENING) && ac_rawbool(L, chan, K_ACCEPTING)) {
         /* take every pending connection (up to a bound), not one per pass */
         for (int i = 0; i < ACCEPT_BATCH; i++) {
             s->flags &= ~SF_ACCEPTED;
-            ac_call_method(L, chan, "handle_accept", 0);
+            ac_call_method(L, chan, K_HANDLE_ACCEPT, 0);
             s = same(L, chan, gen);
             if (s == NULL || !(s->flags & SF_ACCEPTED) || s->paused_until > 0 ||
-                !ac_rawbool(L, chan, "accepting"))
+                !ac_rawbool(L, chan, K_ACCEPTING))
                 break;
         }
         return 0;
     }
-    if (!ac_rawbool(L, chan, "connected")) {
-        if (ac_rawbool(L, chan, "connecting")) {
-            ac_call_method(L, chan, "handle_connect_event", 0);
-            if (same(L, chan, gen) == NULL)
-                return 0;
-        }
+    if ((s->flags & SF_CONNECTING) && !ac_rawbool(L, chan, K_CONNECTED) &&
+        ac_rawbool(L, chan, K_CONNECTING)) {
+        ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
+        if (same(L, chan, gen) == NULL)
+            return 0;
     }
-    ac_call_method(L, chan, "handle_read", 0);
+    ac_call_method(L, chan, K_HANDLE_READ, 0);
     return 0;
 }
 
 /* handle_write_event, as Python's. Runs Lua code. */
 int ac_chan_write_event(lua_State *L, int chan, ac_socket *s)
 {
-    if (ac_rawbool(L, chan, "accepting"))
+    if ((s->flags & SF_LISTENING) && ac_rawbool(L, chan, K_ACCEPTING))
         return 0;   /* a listener never gets a write event */
-    if (!ac_rawbool(L, chan, "connected") && ac_rawbool(L, chan, "connecting")) {
+    if ((s->flags & SF_CONNECTING) && !ac_rawbool(L, chan, K_CONNECTED) &&
+        ac_rawbool(L, chan, K_CONNECTING)) {
         uint32_t gen = s->gen;
-        ac_call_method(L, chan, "handle_connect_event", 0);
+        ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
         if (same(L, chan, gen) == NULL)
             return 0;
     }
-    ac_call_method(L, chan, "handle_write", 0);
+    ac_call_method(L, chan, K_HANDLE_WRITE, 0);
     return 0;
 }
 
@@ -366,17 +384,13 @@ static const luaL_Reg ds_funcs[] = {
     {NULL, NULL}
 };
 
-/* stack: state, sockmt, module table; adds core.dispatcher and core.dispatcher_with_send */
-void ac_chan_open(lua_State *L)
+/* adds core.dispatcher and core.dispatcher_with_send to the module table on top */
+void ac_chan_open(lua_State *L, int st, int mt)
 {
     lua_newtable(L);
-    lua_pushvalue(L, -4);
-    lua_pushvalue(L, -4);
-    luaL_setfuncs(L, chan_funcs, 2);
+    ac_setfuncs(L, chan_funcs, st, mt);
     lua_setfield(L, -2, "dispatcher");
     lua_newtable(L);
-    lua_pushvalue(L, -4);
-    lua_pushvalue(L, -4);
-    luaL_setfuncs(L, ds_funcs, 2);
+    ac_setfuncs(L, ds_funcs, st, mt);
     lua_setfield(L, -2, "dispatcher_with_send");
 }

@@ -69,18 +69,18 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     lua_newtable(L);
     lua_setiuservalue(L, -2, UV_SOCKETMAP);
 
+    int st = lua_gettop(L);
     lua_newtable(L);                                          /* state, sockmt */
+    int mt = lua_gettop(L);
     ac_error_open(L);
-    ac_socket_open(L);
+    ac_socket_open(L, st, mt);
 
     lua_newtable(L);                                          /* state, sockmt, core */
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    luaL_setfuncs(L, core_funcs, 2);
-    ac_loop_open(L);
-    ac_timer_open(L);
-    ac_chan_open(L);
-    ac_chat_open(L);
+    ac_setfuncs(L, core_funcs, st, mt);
+    ac_loop_open(L, st, mt);
+    ac_timer_open(L, st, mt);
+    ac_chan_open(L, st, mt);
+    ac_chat_open(L, st, mt);
     lua_pushliteral(L, AC_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lua_pushvalue(L, -2);

@@ -34,13 +34,40 @@
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
        L_BASE = L_SCRATCH };
 
-int ac_rawbool(lua_State *L, int t, const char *k)
+int ac_rawbool(lua_State *L, int t, enum ac_key k)
 {
     t = lua_absindex(L, t);
-    lua_pushstring(L, k);
-    int b = lua_rawget(L, t) != LUA_TNIL && lua_toboolean(L, -1);
+    ac_pushkey(L, k);
+    int b = lua_rawget(L, t) > LUA_TBOOLEAN || lua_toboolean(L, -1);
     lua_pop(L, 1);
     return b;
+}
+
+void ac_pushupvalues(lua_State *L, int st, int mt)
+{
+    static const char *const names[] = {
+#define AC_KEY_NAME(name, str) str,
+        AC_KEYS(AC_KEY_NAME)
+#undef AC_KEY_NAME
+    };
+    luaL_checkstack(L, AC_NUP, NULL);
+    lua_pushvalue(L, st);
+    lua_pushvalue(L, mt);
+    for (int i = 0; i < K_COUNT; i++)
+        lua_pushstring(L, names[i]);
+}
+
+void ac_copyupvalues(lua_State *L)
+{
+    luaL_checkstack(L, AC_NUP, NULL);
+    for (int i = 1; i <= AC_NUP; i++)
+        lua_pushvalue(L, lua_upvalueindex(i));
+}
+
+void ac_setfuncs(lua_State *L, const luaL_Reg *l, int st, int mt)
+{
+    ac_pushupvalues(L, st, mt);
+    luaL_setfuncs(L, l, AC_NUP);
 }
 
 ac_socket *ac_chansock(lua_State *L, int chan)
@@ -48,7 +75,7 @@ ac_socket *ac_chansock(lua_State *L, int chan)
     if (lua_type(L, chan) != LUA_TTABLE)
         return NULL;
     chan = lua_absindex(L, chan);
-    lua_pushliteral(L, "socket");
+    ac_pushkey(L, K_SOCKET);
     lua_rawget(L, chan);
     ac_socket *s = ac_tosock(L, -1);
     lua_pop(L, 1);
@@ -257,9 +284,9 @@ static unsigned stock_mask(lua_State *L, int chan, ac_socket *s)
             m |= AC_EV_WRITE;
         else if (w == CM_WR_SEND ? buffer_len(&s->out) > 0 : ac_chat_wants_write(s))
             m |= AC_EV_WRITE;
-        else if (!ac_rawbool(L, chan, "connected"))
+        else if (s->flags & SF_CONNECTING)   /* "not connected": the connect is under way */
             m |= AC_EV_WRITE;
-        if ((m & AC_EV_WRITE) && ac_rawbool(L, chan, "accepting"))
+        if ((m & AC_EV_WRITE) && (s->flags & SF_LISTENING) && ac_rawbool(L, chan, K_ACCEPTING))
             m &= ~AC_EV_WRITE;
     }
     return m;
@@ -285,10 +312,12 @@ void ac_update_interest(lua_State *L, int chan, ac_socket *s)
 static unsigned find_mode(lua_State *L, int chan)
 {
     unsigned mode = 0;
-    lua_getfield(L, chan, "readable");
+    ac_pushkey(L, K_READABLE);
+    lua_gettable(L, chan);
     if (lua_tocfunction(L, -1) != ac_stock_readable)
         mode |= CM_RD_CUSTOM;
-    lua_getfield(L, chan, "writable");
+    ac_pushkey(L, K_WRITABLE);
+    lua_gettable(L, chan);
     lua_CFunction w = lua_tocfunction(L, -1);
     if (w == ac_stock_writable)
         mode |= CM_WR_TRUE;
@@ -298,10 +327,12 @@ static unsigned find_mode(lua_State *L, int chan)
         mode |= CM_WR_CHAT;
     else
         mode |= CM_WR_CUSTOM;
-    lua_getfield(L, chan, "handle_read_event");
+    ac_pushkey(L, K_HANDLE_READ_EVENT);
+    lua_gettable(L, chan);
     if (lua_tocfunction(L, -1) != ac_stock_read_event)
         mode |= CM_RE_CUSTOM;
-    lua_getfield(L, chan, "handle_write_event");
+    ac_pushkey(L, K_HANDLE_WRITE_EVENT);
+    lua_gettable(L, chan);
     if (lua_tocfunction(L, -1) != ac_stock_write_event)
         mode |= CM_WE_CUSTOM;
     lua_pop(L, 4);
@@ -469,11 +500,19 @@ static int unwrap_error(lua_State *L, int idx, int state)
     return 1;
 }
 
-/* is the channel at chan still the registration `gen` of map state ms? */
-static ac_socket *still(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen)
+/*
+** Is the channel at chan still the registration `gen` of fd in map state ms?
+** Its socket is compared by address with the one registered for fd, which is
+** alive (a collected socket leaves the map state first), before anything of
+** it is read: no metatable check is needed on this hot path.
+*/
+static ac_socket *still(lua_State *L, int chan, ac_mapstate *ms, int fd, uint32_t gen)
 {
-    ac_socket *s = ac_chansock(L, chan);
-    if (s == NULL || s->ms != ms || s->gen != gen || sock_isclosed(s))
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, chan);
+    ac_socket *s = lua_touserdata(L, -1);
+    lua_settop(L, -2);
+    if (s == NULL || fd < 0 || fd >= ms->nregs || ms->socks[fd] != s || s->gen != gen)
         return NULL;
     return s;
 }
@@ -483,7 +522,7 @@ static ac_socket *still(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen)
 ** asyncore would. Returns 1 (value left on top) when the loop must re-raise
 ** it: ExitNow, Ctrl-C, or an error the message handler never saw (memory).
 */
-static int route_error(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen, int state)
+static int route_error(lua_State *L, int chan, ac_mapstate *ms, int fd, uint32_t gen, int state)
 {
     int e = lua_gettop(L);
     if (!unwrap_error(L, e, state))
@@ -495,7 +534,7 @@ static int route_error(lua_State *L, int chan, ac_mapstate *ms, uint32_t gen, in
         int en = (int)lua_tointeger(L, -1);
         lua_pop(L, 1);
         if (ac_is_disconnect(en)) {
-            if (still(L, chan, ms, gen) == NULL) {
+            if (still(L, chan, ms, fd, gen) == NULL) {
                 lua_settop(L, e - 1);
                 return 0;
             }
@@ -522,12 +561,12 @@ done:
         fprintf(stderr, "asyncore: error in handle_error, closing channel: %s\n",
                 luaL_tolstring(L, f + 1, NULL));
         fflush(stderr);
-        ac_socket *s = still(L, chan, ms, gen);
+        ac_socket *s = still(L, chan, ms, fd, gen);
         if (s) {
             lua_getfield(L, chan, "close");
             lua_pushvalue(L, chan);
             if (lua_pcall(L, 1, 0, L_MSGH) != LUA_OK) {
-                s = still(L, chan, ms, gen);
+                s = still(L, chan, ms, fd, gen);
                 if (s)
                     ac_sock_close(L, s);
             }
@@ -542,40 +581,42 @@ done:
 ** then hang-up/error. Runs under lua_pcall, so one failure ends this channel's
 ** turn. Hang-up with data still readable is left to recv(), which sees the
 ** end of stream after the last byte: nothing the peer sent is lost.
-** Upvalues: state, socket metatable. Args: chan, events, gen, ms.
+** Args: chan, events, ms, s (checked by the caller just before: no Lua code
+** has run since).
 */
 static int loop_dispatch(lua_State *L)
 {
     unsigned ev = (unsigned)lua_tointeger(L, 2);
-    uint32_t gen = (uint32_t)lua_tointeger(L, 3);
-    ac_mapstate *ms = lua_touserdata(L, 4);
+    ac_mapstate *ms = lua_touserdata(L, 3);
+    ac_socket *s = lua_touserdata(L, 4);
+    uint32_t gen = s->gen;
+    int fd = s->fd;
     lua_settop(L, 1);
-    ac_socket *s = still(L, 1, ms, gen);
-    if (s == NULL)
-        return 0;
     if (ev & AC_EV_READ) {
         if (s->mode & CM_RE_CUSTOM)
-            ac_call_method(L, 1, "handle_read_event", 0);
+            ac_call_method(L, 1, K_HANDLE_READ_EVENT, 0);
         else
             ac_chan_read_event(L, 1, s);
-        if ((s = still(L, 1, ms, gen)) == NULL)
+        if (ev == AC_EV_READ)
+            return 0;
+        if ((s = still(L, 1, ms, fd, gen)) == NULL)
             return 0;
     }
     if (ev & AC_EV_WRITE) {
         if (s->mode & CM_WE_CUSTOM)
-            ac_call_method(L, 1, "handle_write_event", 0);
+            ac_call_method(L, 1, K_HANDLE_WRITE_EVENT, 0);
         else
             ac_chan_write_event(L, 1, s);
-        if ((s = still(L, 1, ms, gen)) == NULL)
+        if ((s = still(L, 1, ms, fd, gen)) == NULL)
             return 0;
     }
     if (ev & AC_EV_PRI) {
-        ac_call_method(L, 1, "handle_expt_event", 0);
-        if ((s = still(L, 1, ms, gen)) == NULL)
+        ac_call_method(L, 1, K_HANDLE_EXPT_EVENT, 0);
+        if ((s = still(L, 1, ms, fd, gen)) == NULL)
             return 0;
     }
     if ((ev & (AC_EV_HUP | AC_EV_ERR)) && !(ev & AC_EV_READ))
-        ac_call_method(L, 1, "handle_close", 0);
+        ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
     return 0;
 }
 
@@ -587,7 +628,8 @@ static int loop_predicates(lua_State *L)
         return 0;
     unsigned m = stock_mask(L, 1, s);
     if (s->mode & CM_RD_CUSTOM) {
-        lua_getfield(L, 1, "readable");
+        ac_pushkey(L, K_READABLE);
+        lua_gettable(L, 1);
         lua_pushvalue(L, 1);
         lua_call(L, 1, 1);
         if (lua_toboolean(L, -1) && s->paused_until <= 0)
@@ -595,10 +637,11 @@ static int loop_predicates(lua_State *L)
         lua_pop(L, 1);
     }
     if ((s->mode & CM_WR_MASK) == CM_WR_CUSTOM) {
-        lua_getfield(L, 1, "writable");
+        ac_pushkey(L, K_WRITABLE);
+        lua_gettable(L, 1);
         lua_pushvalue(L, 1);
         lua_call(L, 1, 1);
-        if (lua_toboolean(L, -1) && !ac_rawbool(L, 1, "accepting"))
+        if (lua_toboolean(L, -1) && !ac_rawbool(L, 1, K_ACCEPTING))
             m |= AC_EV_WRITE;
         lua_pop(L, 1);
     }
@@ -673,17 +716,17 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
             if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
                 continue;
             int chan = top + 1;
-            if (still(L, chan, ms, snap[i].gen) == NULL)
+            if (still(L, chan, ms, fd, snap[i].gen) == NULL)
                 continue;
             lua_pushvalue(L, L_PREDS);
             lua_pushvalue(L, chan);
             if (lua_pcall(L, 1, 1, L_MSGH) != LUA_OK) {
-                if (route_error(L, chan, ms, snap[i].gen, state))
+                if (route_error(L, chan, ms, fd, snap[i].gen, state))
                     return 1;
                 continue;
             }
             unsigned m = (unsigned)lua_tointeger(L, -1);
-            ac_socket *s = still(L, chan, ms, snap[i].gen);
+            ac_socket *s = still(L, chan, ms, fd, snap[i].gen);
             if (s) {
                 int err = ms_setmask(ms, fd, m);
                 if (err)
@@ -709,21 +752,23 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
         if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
             continue;
         int chan = top + 1;
-        ac_socket *s = still(L, chan, ms, fired[i].gen);
-        if (s == NULL || s->fd != fd)
+        ac_socket *s = still(L, chan, ms, fd, fired[i].gen);
+        if (s == NULL)
             continue;
         lua_pushvalue(L, L_DISPATCH);
         lua_pushvalue(L, chan);
         lua_pushinteger(L, fired[i].events);
-        lua_pushinteger(L, fired[i].gen);
         lua_pushlightuserdata(L, ms);
+        lua_pushlightuserdata(L, s);
+        /*
+        ** No interest update after the handlers: a stock channel's interest
+        ** changes only through the core's own calls (send, flush, connect,
+        ** listen, close, the constructor), which update it at once.
+        */
         if (lua_pcall(L, 4, 0, L_MSGH) != LUA_OK) {
-            if (route_error(L, chan, ms, fired[i].gen, state))
+            if (route_error(L, chan, ms, fd, fired[i].gen, state))
                 return 1;
         }
-        s = still(L, chan, ms, fired[i].gen);
-        if (s)
-            ac_update_interest(L, chan, s);
     }
     lua_settop(L, L_BASE);
 
@@ -760,14 +805,12 @@ static int lloop_loop(lua_State *L)
     int once = lua_toboolean(L, 5);
     lua_settop(L, L_BACKEND);
     ac_mapstate *ms = ac_getmapstate(L, L_MAP, backend);   /* L_MS */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushcclosure(L, loop_msgh, 1);                      /* L_MSGH */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushcclosure(L, loop_dispatch, 2);                  /* L_DISPATCH */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_pushcclosure(L, loop_predicates, 2);                /* L_PREDS */
+    ac_copyupvalues(L);
+    lua_pushcclosure(L, loop_msgh, AC_NUP);                 /* L_MSGH */
+    ac_copyupvalues(L);
+    lua_pushcclosure(L, loop_dispatch, AC_NUP);             /* L_DISPATCH */
+    ac_copyupvalues(L);
+    lua_pushcclosure(L, loop_predicates, AC_NUP);           /* L_PREDS */
     lua_newuserdatauv(L, 64 * sizeof(struct ac_fired), 0);  /* L_SCRATCH */
     if (once) {
         if (!map_empty(L) || S->ntimers > 0)
@@ -821,14 +864,12 @@ static const luaL_Reg loop_funcs[] = {
     {NULL, NULL}
 };
 
-/* stack: state, sockmt, module table */
-void ac_loop_open(lua_State *L)
+/* adds the loop functions to the module table on top */
+void ac_loop_open(lua_State *L, int st, int mt)
 {
     luaL_newmetatable(L, MAPSTATE_MT);
     lua_pushcfunction(L, ms_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    luaL_setfuncs(L, loop_funcs, 2);
+    ac_setfuncs(L, loop_funcs, st, mt);
 }

@@ -40,7 +40,7 @@ ac_socket *ac_tosock(lua_State *L, int idx)
 {
     void *p = lua_touserdata(L, idx);
     if (p != NULL && lua_getmetatable(L, idx)) {
-        int ok = lua_rawequal(L, -1, lua_upvalueindex(2));
+        int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_SOCKMT));
         lua_pop(L, 1);
         if (ok)
             return p;
@@ -66,7 +66,7 @@ ac_socket *ac_newsock(lua_State *L)
     s->cidx = -1;
     s->mapfd = -1;
     buffer_init(&s->out);
-    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, lua_upvalueindex(UP_SOCKMT));
     lua_setmetatable(L, -2);
     return s;
 }
@@ -326,10 +326,12 @@ static int lsock_connect(lua_State *L)
     ac_checkaddr(L, 2, s, &a, NULL);
     int err = sock_connect(s->fd, &a);
     if (err == 0 || err == EISCONN) {
+        s->flags &= ~SF_CONNECTING;
         lua_pushboolean(L, 1);
         return 1;
     }
     if (err == EINPROGRESS || err == EALREADY || err == EAGAIN) {
+        s->flags |= SF_CONNECTING;
         lua_pushboolean(L, 0);
         return 1;
     }
@@ -577,20 +579,17 @@ static const luaL_Reg sock_methods[] = {
 ** Fill the socket metatable (at upvalue 2 of the caller's functions, and on
 ** the stack top): __index with the methods, __gc, __close, __tostring.
 */
-void ac_socket_open(lua_State *L)
+void ac_socket_open(lua_State *L, int st, int mt)
 {
-    /* stack: state, sockmt */
-    lua_newtable(L);                    /* state, sockmt, methods */
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    luaL_setfuncs(L, sock_methods, 2);
-    lua_setfield(L, -2, "__index");     /* state, sockmt */
+    lua_newtable(L);                    /* methods */
+    ac_setfuncs(L, sock_methods, st, mt);
+    lua_setfield(L, mt, "__index");
     static const luaL_Reg meta[] = {
         {"__gc", lsock_gc}, {"__close", lsock_gc}, {"__tostring", lsock_tostring}, {NULL, NULL}
     };
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, meta, 2);
+    lua_pushvalue(L, mt);
+    ac_setfuncs(L, meta, st, mt);
     lua_pushliteral(L, "asyncore.socket");
     lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
 }

@@ -198,7 +198,7 @@ static int ltimer_index(lua_State *L)
         lua_pushnumber(L, t->deadline);
         return 1;
     }
-    lua_pushvalue(L, lua_upvalueindex(3));   /* the methods */
+    lua_pushvalue(L, lua_upvalueindex(AC_NUP + 1));   /* the methods */
     lua_pushvalue(L, 2);
     lua_rawget(L, -2);
     return 1;
@@ -329,26 +329,20 @@ static const luaL_Reg timer_funcs[] = {
     {"timers_pending", ltimer_pending}, {"now", ltimer_now}, {NULL, NULL}
 };
 
-/* stack: state, sockmt, module table */
-void ac_timer_open(lua_State *L)
+/* adds the timer functions to the module table on top */
+void ac_timer_open(lua_State *L, int st, int mt)
 {
-    lua_pushvalue(L, -3);
-    lua_pushvalue(L, -3);
-    luaL_setfuncs(L, timer_funcs, 2);
-    luaL_newmetatable(L, TIMER_MT);             /* mt */
-    lua_newtable(L);                            /* mt, methods */
-    lua_pushvalue(L, -5);
-    lua_pushvalue(L, -5);
-    luaL_setfuncs(L, timer_methods, 2);
-    lua_pushvalue(L, -5);                       /* mt, methods, state */
-    lua_pushvalue(L, -5);                       /* mt, methods, state, sockmt */
-    lua_pushvalue(L, -3);                       /* mt, methods, state, sockmt, methods */
-    lua_pushcclosure(L, ltimer_index, 3);
-    lua_setfield(L, -3, "__index");
+    ac_setfuncs(L, timer_funcs, st, mt);
+    luaL_newmetatable(L, TIMER_MT);             /* tmt */
+    lua_newtable(L);                            /* tmt, methods */
+    ac_setfuncs(L, timer_methods, st, mt);
+    ac_pushupvalues(L, st, mt);
+    lua_pushvalue(L, -1 - AC_NUP);              /* tmt, methods, upvalues..., methods */
+    lua_pushcclosure(L, ltimer_index, AC_NUP + 1);
+    lua_setfield(L, -3, "__index");             /* tmt, methods */
     lua_pop(L, 1);
-    lua_pushvalue(L, -4);
-    lua_pushvalue(L, -4);
-    lua_pushcclosure(L, ltimer_tostring, 2);
+    ac_pushupvalues(L, st, mt);
+    lua_pushcclosure(L, ltimer_tostring, AC_NUP);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
 }
