@@ -755,17 +755,29 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
         ac_socket *s = still(L, chan, ms, fd, fired[i].gen);
         if (s == NULL)
             continue;
-        lua_pushvalue(L, L_DISPATCH);
-        lua_pushvalue(L, chan);
-        lua_pushinteger(L, fired[i].events);
-        lua_pushlightuserdata(L, ms);
-        lua_pushlightuserdata(L, s);
         /*
         ** No interest update after the handlers: a stock channel's interest
         ** changes only through the core's own calls (send, flush, connect,
         ** listen, close, the constructor), which update it at once.
         */
-        if (lua_pcall(L, 4, 0, L_MSGH) != LUA_OK) {
+        unsigned ev = fired[i].events;
+        int status;
+        if ((ev == AC_EV_READ || ev == AC_EV_WRITE) && !(s->flags & (SF_LISTENING | SF_CONNECTING)) &&
+            !(s->mode & (ev == AC_EV_READ ? CM_RE_CUSTOM : CM_WE_CUSTOM))) {
+            /* the common case: the stock event handler would only call this */
+            ac_pushkey(L, ev == AC_EV_READ ? K_HANDLE_READ : K_HANDLE_WRITE);
+            lua_gettable(L, chan);
+            lua_pushvalue(L, chan);
+            status = lua_pcall(L, 1, 0, L_MSGH);
+        } else {
+            lua_pushvalue(L, L_DISPATCH);
+            lua_pushvalue(L, chan);
+            lua_pushinteger(L, ev);
+            lua_pushlightuserdata(L, ms);
+            lua_pushlightuserdata(L, s);
+            status = lua_pcall(L, 4, 0, L_MSGH);
+        }
+        if (status != LUA_OK) {
             if (route_error(L, chan, ms, fd, fired[i].gen, state))
                 return 1;
         }
