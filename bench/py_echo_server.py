@@ -1,0 +1,31 @@
+"""The echo server of `make bench`, written with Python 3.11's asyncore: the
+design lua-asyncore ports, as the yardstick.  usage: python3 py_echo_server.py HOST PORT"""
+import sys
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import asyncore
+
+
+class EchoHandler(asyncore.dispatcher_with_send):
+    def handle_read(self):
+        data = self.recv(65536)
+        if data:
+            self.send(data)
+
+
+class EchoServer(asyncore.dispatcher):
+    def __init__(self, host, port):
+        super().__init__()
+        self.create_socket()
+        self.set_reuse_addr()
+        self.bind((host, port))
+        self.listen(1024)
+
+    def handle_accepted(self, sock, addr):
+        EchoHandler(sock)
+
+
+EchoServer(sys.argv[1], int(sys.argv[2]))
+asyncore.loop()
