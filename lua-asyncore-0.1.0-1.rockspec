@@ -33,5 +33,6 @@ build = {
     },
     asyncore = "lua/asyncore.lua",
     ["asyncore.class"] = "lua/asyncore/class.lua",
+    asynchat = "lua/asynchat.lua",
   },
 }

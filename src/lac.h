@@ -34,7 +34,6 @@ typedef struct ac_state {
 } ac_state;
 
 struct ac_mapstate;
-struct ac_chat;
 
 /* socket flags */
 #define SF_FILE      0x01u  /* a pipe or tty: read()/write() */
@@ -42,6 +41,7 @@ struct ac_chat;
 #define SF_LISTENING 0x04u
 #define SF_ACCEPTED  0x08u  /* the last accept() on this listener returned a connection */
 #define SF_CONNECTING 0x10u /* a non-blocking connect is under way (cleared when it ends) */
+#define SF_CHAT_PENDING 0x20u /* its async_chat channel has output queued */
 
 /* channel modes, found at add_channel from the methods the channel has */
 #define CM_RD_CUSTOM 0x01u  /* readable() is a Lua method: ask it every pass */
@@ -65,7 +65,6 @@ typedef struct ac_socket {
     struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
-    struct ac_chat *chat;   /* asynchat's state, when it is an async_chat */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)
@@ -101,7 +100,7 @@ typedef struct ac_mapstate {
     X(ACCEPT, "accept") X(CLOSE, "close") X(FOUND_TERMINATOR, "found_terminator") \
     X(COLLECT_INCOMING_DATA, "collect_incoming_data") X(HANDLE_OVERFLOW, "handle_overflow") \
     X(MAX_IN_BUFFER, "max_in_buffer") X(AC_IN_BUFFER_SIZE, "ac_in_buffer_size") \
-    X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size")
+    X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size") X(CHAT, "_chat") X(MORE, "more") X(INITIATE_SEND, "initiate_send")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,
@@ -172,8 +171,9 @@ int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs);
 
 /* lchat.c */
 void ac_chat_open(lua_State *L, int st, int mt);
-int ac_chat_wants_write(const ac_socket *s);
-void ac_chat_free(ac_socket *s);
+#define ac_chat_wants_write(s) (((s)->flags & SF_CHAT_PENDING) != 0)
+/* after add_channel: mark the socket with the channel's queue state */
+void ac_chat_attach(lua_State *L, int chan, ac_socket *s);
 
 #pragma GCC visibility pop
 #endif

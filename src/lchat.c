@@ -1,34 +1,561 @@
 /*
-** lchat.c: asynchat's framing engine and output queue, in C. (Being built:
-** for now only what the loop needs to know of an async_chat channel.)
+** lchat.c: asynchat's framing engine and output queue, in C.
+**
+** The state of an async_chat channel is a userdata ("asyncore.chat") kept in
+** the channel's `_chat` field, so it outlives socket changes (a client sets
+** its terminator and pushes before it connects).
+**
+** Input: received bytes go straight into the `in` buffer (recv writes into
+** it: no intermediate copy). The terminator is searched there, resuming where
+** the last search stopped, so a message that arrives in many reads is never
+** rescanned; a terminator split across reads is still found, because a tail
+** of `in` that is a prefix of the terminator stays behind. Data before the
+** terminator goes to collect_incoming_data; the stock one appends to the
+** `collected` buffer in C, and get_data() hands it over as one string, so
+** with it no Lua code runs per received chunk, only at found_terminator.
+**
+** Output: push() and push_with_producer() feed one FIFO kept in the chat's
+** user value (a Lua table: strings, producers, and `false` for
+** close_when_done). Strings are sent straight from the Lua strings (no copy),
+** consecutive small ones gathered into one sendmsg(), each system call
+** carrying at most ac_out_buffer_size bytes. A producer's chunk is put in
+** front of it, so order is kept. The socket is marked while output is
+** queued, which is what the stock writable() tells the loop.
 */
 #include "config.h"
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include "lac.h"
 
-int ac_chat_wants_write(const ac_socket *s)
+#define CHAT_MT "asyncore.chat"
+#define GATHER_MAX 64            /* strings per sendmsg() */
+
+enum { TERM_NONE, TERM_STRING, TERM_COUNT };
+
+typedef struct ac_chat {
+    ac_buffer in;           /* received, not yet framed */
+    ac_buffer collected;    /* the stock collect_incoming_data's store */
+    int kind;               /* TERM_* */
+    char *term;             /* TERM_STRING: the bytes */
+    size_t termlen;
+    lua_Integer count;      /* TERM_COUNT: bytes still expected */
+    size_t scanned;         /* `in` bytes already known not to start a match */
+    lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
+    size_t head_off;        /* bytes of the head string already sent */
+} ac_chat;
+
+static ac_chat *tochat(lua_State *L, int idx)
 {
-    return s->chat != NULL;
+    return luaL_testudata(L, idx, CHAT_MT);
 }
 
-void ac_chat_free(ac_socket *s)
+/* push the channel's chat state and return it; raises if it has none */
+static ac_chat *checkchat(lua_State *L, int chan, const char *op)
 {
-    s->chat = NULL;
+    luaL_checktype(L, chan, LUA_TTABLE);
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);
+    ac_chat *c = tochat(L, -1);
+    if (c == NULL)
+        luaL_error(L, "%s: not an async_chat channel (call async_chat.init)", op);
+    return c;
 }
 
+static int chat_gc(lua_State *L)
+{
+    ac_chat *c = luaL_checkudata(L, 1, CHAT_MT);
+    buffer_free(&c->in);
+    buffer_free(&c->collected);
+    free(c->term);
+    c->term = NULL;
+    return 0;
+}
+
+/* core.chat_new(): a fresh chat state */
+static int lchat_new(lua_State *L)
+{
+    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);
+    memset(c, 0, sizeof *c);
+    buffer_init(&c->in);
+    buffer_init(&c->collected);
+    c->kind = TERM_NONE;
+    c->head = c->tail = 1;
+    luaL_setmetatable(L, CHAT_MT);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 1);
+    return 1;
+}
+
+#define queue_empty(c) ((c)->head == (c)->tail)
+
+/* mark the channel's socket with the queue state and update its interest */
+static void sync_socket(lua_State *L, int chan, ac_chat *c)
+{
+    ac_socket *s = ac_chansock(L, chan);
+    if (s == NULL || sock_isclosed(s))
+        return;
+    unsigned before = s->flags;
+    if (queue_empty(c))
+        s->flags &= ~SF_CHAT_PENDING;
+    else
+        s->flags |= SF_CHAT_PENDING;
+    if (before != s->flags)
+        ac_update_interest(L, chan, s);
+}
+
+void ac_chat_attach(lua_State *L, int chan, ac_socket *s)
+{
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);
+    ac_chat *c = tochat(L, -1);
+    if (c && !queue_empty(c))
+        s->flags |= SF_CHAT_PENDING;
+    else
+        s->flags &= ~SF_CHAT_PENDING;
+    lua_pop(L, 1);
+}
+
+/* ---- terminators ---- */
+
+static int lchat_set_terminator(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "set_terminator");
+    int t = lua_type(L, 2);
+    if (t == LUA_TNIL || t == LUA_TNONE) {
+        c->kind = TERM_NONE;
+    } else if (t == LUA_TSTRING) {
+        size_t n;
+        const char *p = lua_tolstring(L, 2, &n);
+        luaL_argcheck(L, n > 0, 1, "the terminator must not be an empty string");
+        char *copy = malloc(n);
+        if (copy == NULL)
+            return luaL_error(L, "not enough memory");
+        memcpy(copy, p, n);
+        free(c->term);
+        c->term = copy;
+        c->termlen = n;
+        c->kind = TERM_STRING;
+    } else if (t == LUA_TNUMBER) {
+        int isint;
+        lua_Integer n = lua_tointegerx(L, 2, &isint);
+        luaL_argcheck(L, isint, 1, "a byte count must be an integer");
+        luaL_argcheck(L, n >= 0, 1, "a byte count must be >= 0");
+        c->kind = TERM_COUNT;
+        c->count = n;
+    } else {
+        return luaL_typeerror(L, 2, "string, integer or nil");
+    }
+    c->scanned = 0;
+    return 0;
+}
+
+static int lchat_get_terminator(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "get_terminator");
+    if (c->kind == TERM_STRING)
+        lua_pushlstring(L, c->term, c->termlen);
+    else if (c->kind == TERM_COUNT)
+        lua_pushinteger(L, c->count);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* ---- input ---- */
+
+/* the stock collect_incoming_data(data): keep it in C */
+static int lchat_collect(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "collect_incoming_data");
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (buffer_append(&c->collected, p, n) != 0)
+        return luaL_error(L, "not enough memory");
+    return 0;
+}
+
+static int lchat_get_data(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "get_data");
+    lua_pushlstring(L, buffer_begin(&c->collected), buffer_len(&c->collected));
+    buffer_clear(&c->collected);
+    return 1;
+}
+
+/*
+** Hand n bytes from the front of `in` to the collector and consume them.
+** Stack: chan at 1, chat at `ci`. With the stock collector no Lua runs.
+*/
+static void collect(lua_State *L, ac_chat *c, size_t n, int stock)
+{
+    if (n == 0)
+        return;
+    if (stock) {
+        if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
+            luaL_error(L, "not enough memory");
+        buffer_consume(&c->in, n);
+        return;
+    }
+    lua_pushlstring(L, buffer_begin(&c->in), n);
+    buffer_consume(&c->in, n);
+    ac_call_method(L, 1, K_COLLECT_INCOMING_DATA, 1);
+}
+
+/* length of the longest tail of `in` that is a proper prefix of the terminator */
+static size_t prefix_at_end(const ac_chat *c)
+{
+    size_t lb = buffer_len(&c->in);
+    size_t k = c->termlen - 1 < lb ? c->termlen - 1 : lb;
+    const char *end = buffer_begin(&c->in) + lb;
+    for (; k > 0; k--)
+        if (memcmp(end - k, c->term, k) == 0)
+            return k;
+    return 0;
+}
+
+/* is the channel still open with this chat state? */
+static int chat_alive(lua_State *L, ac_chat *c)
+{
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, 1);
+    int same = lua_touserdata(L, -1) == (void *)c;
+    lua_pop(L, 1);
+    if (!same)
+        return 0;
+    ac_socket *s = ac_chansock(L, 1);
+    return s != NULL && !sock_isclosed(s);
+}
+
+/*
+** async_chat:handle_read(): read up to ac_in_buffer_size bytes into `in`,
+** then frame: call collect_incoming_data / found_terminator as Python's
+** asynchat does. Stops early if a handler closes the channel. Afterwards,
+** more than max_in_buffer bytes held without a terminator -> handle_overflow.
+*/
+static int lchat_handle_read(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "handle_read");   /* 2: chat (kept: anchors c) */
+    ac_socket *s = ac_checkchan(L, 1, "recv");
+    lua_settop(L, 2);
+    ac_pushkey(L, K_AC_IN_BUFFER_SIZE);
+    lua_gettable(L, 1);
+    lua_Integer want = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
+    lua_pop(L, 1);
+    if (want < 1)
+        want = 1;
+    if (want > (1 << 24))
+        want = 1 << 24;
+    if (buffer_reserve(&c->in, (size_t)want) != 0)
+        return luaL_error(L, "not enough memory");
+    size_t got;
+    int err = sock_recv(s->fd, s->flags & SF_FILE, c->in.data + c->in.last, (size_t)want, &got);
+    if (err == EAGAIN)
+        return 0;
+    if (err == 0 && got == 0)
+        err = ECONNRESET;   /* end of stream: handled like a vanished peer */
+    if (err) {
+        if (ac_is_disconnect(err))
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+        return ac_raise(L, "recv", err);
+    }
+    c->in.last += got;
+
+    ac_pushkey(L, K_COLLECT_INCOMING_DATA);
+    lua_gettable(L, 1);
+    int stock = lua_tocfunction(L, -1) == lchat_collect;
+    lua_pop(L, 1);
+
+    while (buffer_len(&c->in) > 0) {
+        size_t lb = buffer_len(&c->in);
+        if (c->kind == TERM_NONE || (c->kind == TERM_COUNT && c->count == 0)) {
+            /* no terminator (0 counts as none, as in Python): collect it all */
+            collect(L, c, lb, stock);
+        } else if (c->kind == TERM_COUNT) {
+            if ((lua_Integer)lb < c->count) {
+                c->count -= (lua_Integer)lb;
+                collect(L, c, lb, stock);
+            } else {
+                size_t n = (size_t)c->count;
+                c->count = 0;
+                collect(L, c, n, stock);
+                if (!chat_alive(L, c))
+                    return 0;
+                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
+            }
+        } else {
+            size_t from = c->scanned;
+            size_t idx = buffer_find(&c->in, from, c->term, c->termlen);
+            if (idx != (size_t)-1) {
+                size_t tl = c->termlen;
+                c->scanned = 0;
+                collect(L, c, idx, stock);
+                if (!chat_alive(L, c))
+                    return 0;
+                buffer_consume(&c->in, tl);
+                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
+            } else {
+                size_t k = prefix_at_end(c);
+                collect(L, c, lb - k, stock);
+                c->scanned = 0;   /* what is left is the possible start of a match */
+                if (k > 0)
+                    break;
+            }
+        }
+        if (!chat_alive(L, c))
+            return 0;
+    }
+
+    ac_pushkey(L, K_MAX_IN_BUFFER);
+    lua_gettable(L, 1);
+    if (lua_isinteger(L, -1)) {
+        lua_Integer max = lua_tointeger(L, -1);
+        if ((lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)) > max)
+            ac_call_method(L, 1, K_HANDLE_OVERFLOW, 0);
+    }
+    return 0;
+}
+
+/* ---- output ---- */
+
+static int lchat_push(lua_State *L)
+{
+    lua_settop(L, 2);
+    ac_chat *c = checkchat(L, 1, "push");   /* 3: chat */
+    luaL_checktype(L, 2, LUA_TSTRING);
+    if (lua_rawlen(L, 2) == 0)
+        return 0;
+    lua_getiuservalue(L, 3, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, c->tail++);
+    lua_settop(L, 1);
+    ac_call_method(L, 1, K_INITIATE_SEND, 0);
+    return 0;
+}
+
+static int lchat_push_with_producer(lua_State *L)
+{
+    lua_settop(L, 2);
+    ac_chat *c = checkchat(L, 1, "push_with_producer");   /* 3: chat */
+    int t = lua_type(L, 2);
+    int ok = t == LUA_TFUNCTION;
+    if (!ok && (t == LUA_TTABLE || t == LUA_TUSERDATA)) {
+        if (luaL_getmetafield(L, 2, "__call") != LUA_TNIL) {
+            lua_pop(L, 1);
+            ok = 1;
+        } else {
+            lua_getfield(L, 2, "more");
+            ok = !lua_isnil(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    if (!ok)
+        return luaL_typeerror(L, 2, "producer (an object with more() or a function)");
+    lua_getiuservalue(L, 3, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, c->tail++);
+    lua_settop(L, 1);
+    ac_call_method(L, 1, K_INITIATE_SEND, 0);
+    return 0;
+}
+
+static int lchat_close_when_done(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "close_when_done");   /* 2: chat */
+    lua_getiuservalue(L, 2, 1);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, c->tail++);
+    sync_socket(L, 1, c);
+    return 0;
+}
+
+static void pop_head(lua_State *L, int q, ac_chat *c)
+{
+    lua_pushnil(L);
+    lua_rawseti(L, q, c->head++);
+    c->head_off = 0;
+    if (queue_empty(c))
+        c->head = c->tail = 1;   /* keep the keys small */
+}
+
+/*
+** async_chat:initiate_send(): send what the queue holds, as long as the
+** kernel takes it. Producers are asked for their next chunk when they reach
+** the head; `false` (close_when_done) closes the channel when reached.
+*/
+static int lchat_initiate_send(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "initiate_send");   /* 2: chat */
+    lua_settop(L, 2);
+    lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
+    ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
+    lua_gettable(L, 1);
+    lua_Integer obs = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
+    lua_pop(L, 1);
+    if (obs < 1)
+        obs = 1;
+    if (obs > INT_MAX)
+        obs = INT_MAX;
+    for (;;) {
+        lua_settop(L, 3);
+        ac_socket *s = ac_chansock(L, 1);
+        if (queue_empty(c) || s == NULL || sock_isclosed(s) || (s->flags & SF_CONNECTING))
+            break;
+        int t = lua_rawgeti(L, 3, c->head);
+        if (t == LUA_TBOOLEAN) {             /* close_when_done */
+            pop_head(L, 3, c);
+            sync_socket(L, 1, c);
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+        }
+        if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
+            if (t == LUA_TFUNCTION || luaL_getmetafield(L, -1, "__call") != LUA_TNIL) {
+                if (t != LUA_TFUNCTION)
+                    lua_pop(L, 1);
+                lua_pushvalue(L, -1);
+                lua_call(L, 0, 1);
+            } else {
+                ac_pushkey(L, K_MORE);
+                lua_gettable(L, -2);
+                lua_pushvalue(L, -2);
+                lua_call(L, 1, 1);
+            }
+            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+                lua_rawseti(L, 3, --c->head);
+            } else if (lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING) {
+                pop_head(L, 3, c);           /* exhausted */
+            } else {
+                return luaL_error(L, "producer returned %s (string or nil expected)",
+                                  luaL_typename(L, -1));
+            }
+            continue;
+        }
+        /* gather consecutive strings from the head, at most obs bytes */
+        struct iovec iov[GATHER_MAX];
+        int n = 0;
+        size_t total = 0;
+        lua_Integer k = c->head;
+        lua_pop(L, 1);
+        while (n < GATHER_MAX && k < c->tail && total < (size_t)obs) {
+            if (lua_rawgeti(L, 3, k) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                break;
+            }
+            size_t len;
+            const char *p = lua_tolstring(L, -1, &len);
+            lua_pop(L, 1);   /* still anchored in the queue */
+            if (k == c->head) {
+                p += c->head_off;
+                len -= c->head_off;
+            }
+            if (len > (size_t)obs - total)
+                len = (size_t)obs - total;
+            iov[n].iov_base = (void *)(uintptr_t)p;
+            iov[n].iov_len = len;
+            total += len;
+            n++;
+            k++;
+        }
+        size_t sent = 0;
+        int err;
+        if (s->flags & SF_FILE) {            /* a pipe: one piece at a time */
+            n = 1;
+            total = iov[0].iov_len;
+        }
+        if (n == 1)
+            err = sock_send(s->fd, s->flags & SF_FILE, iov[0].iov_base, iov[0].iov_len, &sent);
+        else
+            err = sock_sendv(s->fd, iov, n, &sent);
+        if (err == EAGAIN)
+            break;
+        if (err) {
+            if (ac_is_disconnect(err)) {
+                sync_socket(L, 1, c);
+                return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+            }
+            sync_socket(L, 1, c);
+            return ac_raise(L, "send", err);
+        }
+        /* drop what went out */
+        size_t left = sent;
+        while (left > 0 && !queue_empty(c)) {
+            lua_rawgeti(L, 3, c->head);
+            size_t len = lua_rawlen(L, -1) - c->head_off;
+            lua_pop(L, 1);
+            if (left >= len) {
+                left -= len;
+                pop_head(L, 3, c);
+            } else {
+                c->head_off += left;
+                left = 0;
+            }
+        }
+        if (sent < total)
+            break;                           /* the kernel is full: wait for writable */
+    }
+    lua_settop(L, 2);
+    sync_socket(L, 1, c);
+    return 0;
+}
+
+static int lchat_discard_buffers(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "discard_buffers");   /* 2: chat */
+    buffer_clear(&c->in);
+    buffer_clear(&c->collected);
+    c->scanned = 0;
+    lua_newtable(L);
+    lua_setiuservalue(L, 2, 1);
+    c->head = c->tail = 1;
+    c->head_off = 0;
+    sync_socket(L, 1, c);
+    return 0;
+}
+
+/* async_chat:writable(): output queued, or not connected (Python's test) */
 static int lchat_writable(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    ac_socket *s = ac_chansock(L, 1);
-    lua_pushboolean(L, (s && ac_chat_wants_write(s)) || !ac_rawbool(L, 1, K_CONNECTED));
+    ac_chat *c = checkchat(L, 1, "writable");
+    lua_pushboolean(L, !queue_empty(c) || !ac_rawbool(L, 1, K_CONNECTED));
     return 1;
+}
+
+/* core.chat_buffered(self): bytes held in input and collected (for tests and logs) */
+static int lchat_buffered(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "buffered");
+    lua_pushinteger(L, (lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)));
+    lua_pushinteger(L, (lua_Integer)(c->tail - c->head));
+    return 2;
 }
 
 const lua_CFunction ac_stock_chat_writable = lchat_writable;
 
+static const luaL_Reg chat_funcs[] = {
+    {"set_terminator", lchat_set_terminator}, {"get_terminator", lchat_get_terminator},
+    {"collect_incoming_data", lchat_collect}, {"get_data", lchat_get_data},
+    {"handle_read", lchat_handle_read}, {"handle_write", lchat_initiate_send},
+    {"initiate_send", lchat_initiate_send}, {"push", lchat_push},
+    {"push_with_producer", lchat_push_with_producer}, {"close_when_done", lchat_close_when_done},
+    {"discard_buffers", lchat_discard_buffers}, {"writable", lchat_writable},
+    {"buffered", lchat_buffered},
+    {NULL, NULL}
+};
+
+/* adds core.chat (the async_chat methods) and core.chat_new */
 void ac_chat_open(lua_State *L, int st, int mt)
 {
-    (void)L;
-    (void)st;
-    (void)mt;
+    luaL_newmetatable(L, CHAT_MT);
+    lua_pushcfunction(L, chat_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    ac_setfuncs(L, chat_funcs, st, mt);
+    lua_setfield(L, -2, "chat");
+    lua_pushcfunction(L, lchat_new);
+    lua_setfield(L, -2, "chat_new");
 }

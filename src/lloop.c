@@ -387,6 +387,8 @@ static int lchan_add_channel(lua_State *L)
     s->ms = ms;
     s->mapfd = fd;
     s->mode = find_mode(L, 1);
+    if ((s->mode & CM_WR_MASK) == CM_WR_CHAT)
+        ac_chat_attach(L, 1, s);
     if (CM_CUSTOM_PRED(s->mode)) {
         if (s->cidx < 0) {
             if (ms->ncustom == ms->capcustom) {

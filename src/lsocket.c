@@ -83,7 +83,6 @@ void ac_sock_close(lua_State *L, ac_socket *s)
     }
     s->flags &= SF_FILE;
     buffer_free(&s->out);
-    ac_chat_free(s);
 }
 
 /* ---- addresses ---- */
