@@ -47,6 +47,14 @@ describe("the class mechanism", function()
     assert.equal("A", A.__name)
   end)
 
+  it("does not let instances be called like their class", function()
+    local A = Object:extend()
+    A.__name = "A"
+    local ok, err = pcall(function() return A()() end)
+    assert.is_false(ok)
+    assert.matches("attempt to call an instance of A", err)
+  end)
+
   it("keeps arbitrary fields on instances", function()
     local d = asyncore.dispatcher()
     d.anything = { 1, 2 }

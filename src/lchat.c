@@ -128,7 +128,7 @@ static int lchat_set_terminator(lua_State *L)
     } else if (t == LUA_TSTRING) {
         size_t n;
         const char *p = lua_tolstring(L, 2, &n);
-        luaL_argcheck(L, n > 0, 1, "the terminator must not be an empty string");
+        luaL_argcheck(L, n > 0, 2, "the terminator must not be an empty string");
         char *copy = malloc(n);
         if (copy == NULL)
             return luaL_error(L, "not enough memory");
@@ -140,8 +140,8 @@ static int lchat_set_terminator(lua_State *L)
     } else if (t == LUA_TNUMBER) {
         int isint;
         lua_Integer n = lua_tointegerx(L, 2, &isint);
-        luaL_argcheck(L, isint, 1, "a byte count must be an integer");
-        luaL_argcheck(L, n >= 0, 1, "a byte count must be >= 0");
+        luaL_argcheck(L, isint, 2, "a byte count must be an integer");
+        luaL_argcheck(L, n >= 0, 2, "a byte count must be >= 0");
         c->kind = TERM_COUNT;
         c->count = n;
     } else {
@@ -275,8 +275,11 @@ static int lchat_handle_read(lua_State *L)
             collect(L, c, lb, stock);
         } else if (c->kind == TERM_COUNT) {
             if ((lua_Integer)lb < c->count) {
-                c->count -= (lua_Integer)lb;
-                collect(L, c, lb, stock);
+                collect(L, c, lb, stock);   /* the collector sees the count before it drops */
+                if (!chat_alive(L, c))
+                    return 0;
+                if (c->kind == TERM_COUNT)
+                    c->count -= (lua_Integer)lb;
             } else {
                 size_t n = (size_t)c->count;
                 c->count = 0;
@@ -412,14 +415,19 @@ static int lchat_initiate_send(lua_State *L)
             return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
         }
         if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
-            if (t == LUA_TFUNCTION || luaL_getmetafield(L, -1, "__call") != LUA_TNIL) {
-                if (t != LUA_TFUNCTION)
+            int callable = t == LUA_TFUNCTION;
+            if (!callable) {                 /* an object: more() first, else __call */
+                ac_pushkey(L, K_MORE);
+                lua_gettable(L, -2);
+                if (lua_isnil(L, -1)) {
                     lua_pop(L, 1);
+                    callable = 1;
+                }
+            }
+            if (callable) {
                 lua_pushvalue(L, -1);
                 lua_call(L, 0, 1);
             } else {
-                ac_pushkey(L, K_MORE);
-                lua_gettable(L, -2);
                 lua_pushvalue(L, -2);
                 lua_call(L, 1, 1);
             }

@@ -10,7 +10,8 @@ local Object = {}
 Object.__index = Object
 Object.__name = "Object"
 
-local setmetatable, getmetatable, pairs, type = setmetatable, getmetatable, pairs, type
+local setmetatable, getmetatable, pairs, type, rawget, error, tostring =
+  setmetatable, getmetatable, pairs, type, rawget, error, tostring
 
 --- The constructor, called by `new`; subclasses override it.
 function Object:init() end
@@ -50,7 +51,14 @@ function Object:is_instance(obj)
   return false
 end
 
-Object.__call = function(cls, ...) return cls:new(...) end
+-- Calling a class makes an instance. Instances share the class as their
+-- metatable, so they see this __call too: refuse them, as Lua would.
+Object.__call = function(cls, ...)
+  if rawget(cls, "__index") ~= cls then
+    error("attempt to call an instance of " .. tostring(rawget(getmetatable(cls), "__name")), 2)
+  end
+  return cls:new(...)
+end
 -- The root's own metatable, so that `Object(...)` works too.
 setmetatable(Object, { __call = Object.__call })
 
