@@ -1,0 +1,92 @@
+-- An SMTP sink: accepts mail (from Python's smtplib, say) and writes each
+-- message to a file in a directory, with its envelope as headers.
+-- usage: lua5.4 examples/smtp_sink.lua [host] [port] [directory]
+--        (default 127.0.0.1 8025 and ./mail)
+local asyncore = require "asyncore"
+local asynchat = require "asynchat"
+
+local host, port, dir = arg[1] or "127.0.0.1", tonumber(arg[2] or 8025), arg[3] or "mail"
+os.execute(("mkdir -p '%s'"):format(dir:gsub("'", "'\\''")))
+local count = 0
+
+local SmtpSession = asynchat.async_chat:extend()
+
+function SmtpSession:init(sock)
+  asynchat.async_chat.init(self, sock)
+  self:set_terminator("\r\n")
+  self:reset()
+  self:push("220 lua-asyncore SMTP sink ready\r\n")
+end
+
+function SmtpSession:reset()
+  self.from, self.to, self.in_data = nil, {}, false
+end
+
+function SmtpSession:reply(line) self:push(line .. "\r\n") end
+
+function SmtpSession:found_terminator()
+  local data = self:get_data()
+  if self.in_data then
+    return self:deliver(data)
+  end
+  local verb, rest = data:match("^(%a+)%s*(.*)$")
+  verb = verb and verb:upper()
+  if verb == "HELO" or verb == "EHLO" then
+    self:reply("250 hello " .. rest)
+  elseif verb == "MAIL" then
+    self.from = rest:match("<(.-)>") or rest
+    self:reply("250 ok")
+  elseif verb == "RCPT" then
+    if not self.from then return self:reply("503 need MAIL first") end
+    self.to[#self.to + 1] = rest:match("<(.-)>") or rest
+    self:reply("250 ok")
+  elseif verb == "DATA" then
+    if #self.to == 0 then return self:reply("503 need RCPT first") end
+    self.in_data = true
+    self:set_terminator("\r\n.\r\n")
+    self:reply("354 end data with <CR><LF>.<CR><LF>")
+  elseif verb == "RSET" then
+    self:reset()
+    self:reply("250 ok")
+  elseif verb == "NOOP" then
+    self:reply("250 ok")
+  elseif verb == "QUIT" then
+    self:reply("221 bye")
+    self:close_when_done()
+  else
+    self:reply("502 command not implemented")
+  end
+end
+
+function SmtpSession:deliver(body)
+  body = body:gsub("\r\n%.%.", "\r\n."):gsub("^%.%.", ".")   -- undo dot-stuffing
+  count = count + 1
+  local name = ("%s/%d-%d.eml"):format(dir, os.time(), count)
+  local f = assert(io.open(name, "wb"))
+  f:write("X-Envelope-From: ", self.from, "\r\n")
+  f:write("X-Envelope-To: ", table.concat(self.to, ", "), "\r\n")
+  f:write(body, "\r\n")
+  f:close()
+  print("stored " .. name)
+  io.stdout:flush()
+  self:set_terminator("\r\n")
+  self:reset()
+  self:reply("250 ok: stored")
+end
+
+local SmtpServer = asyncore.dispatcher:extend()
+
+function SmtpServer:init(h, p)
+  asyncore.dispatcher.init(self)
+  self:create_socket()
+  self:set_reuse_addr()
+  self:bind(h, p)
+  self:listen(16)
+  print(("smtp sink on %s:%d, writing to %s/"):format(h, self.socket:getsockname()[2], dir))
+  io.stdout:flush()
+end
+
+function SmtpServer:handle_accepted(sock) SmtpSession(sock) end
+
+SmtpServer(host, port)
+asyncore.loop()
