@@ -80,4 +80,100 @@ describe("the examples", function()
     assert.matches("received: through\n.*received: proxy\ndone", out)
     proxy.wait_line("(connection from 127%.0%.0%.1)")
   end)
+
+  it("chat_server.lua broadcasts between users; line_client.lua talks to it", function()
+    local port = free_port()
+    local server = start(H.LUA .. " examples/chat_server.lua 127.0.0.1 " .. port)
+    server.wait_line("chat server on")
+    local asynchat = require "asynchat"
+    local User = asynchat.async_chat:extend()
+    function User:init(name)
+      asynchat.async_chat.init(self)
+      self.lines = {}
+      self:set_terminator("\r\n")
+      self:create_socket()
+      self:connect { "127.0.0.1", port }
+      self:push("/nick " .. name .. "\r\n")
+    end
+    function User:handle_connect() end
+    function User:found_terminator() self.lines[#self.lines + 1] = self:get_data() end
+    local function has(u, text)
+      for _, l in ipairs(u.lines) do if l == text then return true end end
+      return false
+    end
+    local alice, bob = User("alice"), User("bob")
+    H.run_until(function() return has(alice, "* you are alice") and has(bob, "* you are bob") end, 10)
+    alice:push("hello bob\r\n")
+    H.run_until(function() return has(bob, "alice: hello bob") end, 10)
+    local out = H.capture(("WAIT=0.5 timeout 20 %s examples/line_client.lua 127.0.0.1 %d '/nick carol' "
+      .. "'/who' 'hi all' '/quit'"):format(H.LUA, port))
+    assert.matches("%* you are carol", out)
+    assert.matches("%* here: alice, bob, carol", out)
+    assert.matches("%* bye", out)
+    H.run_until(function() return has(alice, "carol: hi all") and has(bob, "* carol left") end, 10)
+    assert.is_false(has(alice, "alice: hello bob"), "a user got its own line back")
+  end)
+
+  it("http_server.lua serves curl: /hello, files, POST bodies, keep-alive, 404", function()
+    local port = free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local big = H.blob(3 * 1024 * 1024 + 17, 11)
+    local f = io.open(dir .. "/big.bin", "wb"); f:write(big); f:close()
+    f = io.open(dir .. "/index.html", "wb"); f:write("<p>index</p>"); f:close()
+    start(("%s examples/http_server.lua 127.0.0.1 %d %s"):format(H.LUA, port, dir))
+    wait_port(port)
+    local base = "http://127.0.0.1:" .. port
+    local function curl(args) return H.capture("timeout 20 curl -s " .. args) end
+    assert.equal("Hello, world!", curl(base .. "/hello"))
+    local head = curl("-i " .. base .. "/hello")
+    assert.matches("^HTTP/1%.1 200 OK\r\nContent%-Length: 13\r\nContent%-Type: text/plain\r\n\r\nHello, world!$", head)
+    assert.equal("<p>index</p>", curl(base .. "/"))
+    os.execute(("timeout 20 curl -s -o %s/got.bin %s/big.bin"):format(dir, base))
+    local g = io.open(dir .. "/got.bin", "rb")
+    local got = g:read("a"); g:close()
+    assert.is_true(got == big, "the file came back changed")
+    local body = H.blob(200000, 4)
+    f = io.open(dir .. "/post.bin", "wb"); f:write(body); f:close()
+    os.execute(("timeout 20 curl -s --data-binary @%s/post.bin -o %s/echo.bin %s/echo"):format(dir, dir, base))
+    g = io.open(dir .. "/echo.bin", "rb")
+    local echoed = g:read("a"); g:close()
+    assert.is_true(echoed == body, "POST body not echoed intact")
+    local verbose = curl("-v " .. base .. "/hello " .. base .. "/hello 2>&1")
+    assert.matches("Re%-using existing connection", verbose)
+    assert.equal("404", curl("-o /dev/null -w '%{http_code}' " .. base .. "/nope"))
+    assert.equal("404", curl("-o /dev/null -w '%{http_code}' " .. base .. "/../etc/passwd"))
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("smtp_sink.lua stores mail sent with Python's smtplib", function()
+    local port = free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local server = start(("%s examples/smtp_sink.lua 127.0.0.1 %d %s"):format(H.LUA, port, dir))
+    server.wait_line("smtp sink on")
+    local out = H.capture(([[timeout 20 python3 -c "
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m['From'] = 'alice@example.org'
+m['To'] = 'bob@example.org'
+m['Subject'] = 'greetings'
+m.set_content('first line\n.a line with a leading dot\nlast line\n')
+with smtplib.SMTP('127.0.0.1', %d) as s:
+    s.send_message(m)
+print('sent')
+"]]):format(port))
+    assert.matches("sent", out)
+    local name = server.wait_line("stored (%S+)")
+    local f = io.open(name, "rb")
+    local mail = f:read("a")
+    f:close()
+    assert.matches("X%-Envelope%-From: alice@example%.org", mail)
+    assert.matches("X%-Envelope%-To: bob@example%.org", mail)
+    assert.matches("Subject: greetings", mail)
+    assert.matches("\r?\n%.a line with a leading dot\r?\n", mail)
+    os.execute("rm -rf " .. dir)
+  end)
 end)
