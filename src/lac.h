@@ -111,11 +111,13 @@ enum ac_key {
 
 #define UP_STATE 1
 #define UP_SOCKMT 2
-#define AC_NUP (2 + K_COUNT)
-#define KEY(k) lua_upvalueindex(3 + (k))
+#define UP_CHATMT 3
+#define AC_NUP (3 + K_COUNT)
+#define KEY(k) lua_upvalueindex(4 + (k))
 #define ac_pushkey(L, k) lua_pushvalue(L, KEY(k))
 
-/* push the AC_NUP upvalues: the state and socket metatable at st, mt (absolute) */
+/* push the AC_NUP upvalues: the state and socket metatable at st, mt (absolute);
+** the chat metatable comes from the registry (created by luaopen first) */
 void ac_pushupvalues(lua_State *L, int st, int mt);
 /* push a copy of the calling C function's own upvalues */
 void ac_copyupvalues(lua_State *L);
@@ -171,6 +173,7 @@ int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs);
 
 /* lchat.c */
 void ac_chat_open(lua_State *L, int st, int mt);
+void ac_chat_meta(lua_State *L);
 #define ac_chat_wants_write(s) (((s)->flags & SF_CHAT_PENDING) != 0)
 /* after add_channel: mark the socket with the channel's queue state */
 void ac_chat_attach(lua_State *L, int chan, ac_socket *s);

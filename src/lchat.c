@@ -48,7 +48,34 @@ typedef struct ac_chat {
 
 static ac_chat *tochat(lua_State *L, int idx)
 {
-    return luaL_testudata(L, idx, CHAT_MT);
+    void *p = lua_touserdata(L, idx);
+    if (p != NULL && lua_getmetatable(L, idx)) {
+        int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_CHATMT));
+        lua_pop(L, 1);
+        if (ok)
+            return p;
+    }
+    return NULL;
+}
+
+static int lchat_initiate_send(lua_State *L);
+
+/*
+** Call self:initiate_send() for the channel at 1 (the stack is cut to it):
+** the C function itself when it is the stock one, without a Lua call.
+*/
+static void call_initiate_send(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_pushkey(L, K_INITIATE_SEND);
+    lua_gettable(L, 1);
+    if (lua_tocfunction(L, -1) == lchat_initiate_send) {
+        lua_settop(L, 1);
+        lchat_initiate_send(L);   /* same upvalues as ours: every core function has them */
+        return;
+    }
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 0);
 }
 
 /* push the channel's chat state and return it; raises if it has none */
@@ -333,8 +360,7 @@ static int lchat_push(lua_State *L)
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
-    lua_settop(L, 1);
-    ac_call_method(L, 1, K_INITIATE_SEND, 0);
+    call_initiate_send(L);
     return 0;
 }
 
@@ -359,8 +385,7 @@ static int lchat_push_with_producer(lua_State *L)
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
-    lua_settop(L, 1);
-    ac_call_method(L, 1, K_INITIATE_SEND, 0);
+    call_initiate_send(L);
     return 0;
 }
 
@@ -555,12 +580,17 @@ static const luaL_Reg chat_funcs[] = {
 };
 
 /* adds core.chat (the async_chat methods) and core.chat_new */
-void ac_chat_open(lua_State *L, int st, int mt)
+/* the chat metatable: made before any function gets its upvalues */
+void ac_chat_meta(lua_State *L)
 {
     luaL_newmetatable(L, CHAT_MT);
     lua_pushcfunction(L, chat_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
+}
+
+void ac_chat_open(lua_State *L, int st, int mt)
+{
     lua_newtable(L);
     ac_setfuncs(L, chat_funcs, st, mt);
     lua_setfield(L, -2, "chat");
