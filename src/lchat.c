@@ -118,9 +118,8 @@ static int lchat_new(lua_State *L)
 #define queue_empty(c) ((c)->head == (c)->tail)
 
 /* mark the channel's socket with the queue state and update its interest */
-static void sync_socket(lua_State *L, int chan, ac_chat *c)
+static void sync_sock(lua_State *L, int chan, ac_chat *c, ac_socket *s)
 {
-    ac_socket *s = ac_chansock(L, chan);
     if (s == NULL || sock_isclosed(s))
         return;
     unsigned before = s->flags;
@@ -130,6 +129,11 @@ static void sync_socket(lua_State *L, int chan, ac_chat *c)
         s->flags |= SF_CHAT_PENDING;
     if (before != s->flags)
         ac_update_interest(L, chan, s);
+}
+
+static void sync_socket(lua_State *L, int chan, ac_chat *c)
+{
+    sync_sock(L, chan, c, ac_chansock(L, chan));
 }
 
 void ac_chat_attach(lua_State *L, int chan, ac_socket *s)
@@ -215,11 +219,17 @@ static int lchat_get_data(lua_State *L)
 ** Hand n bytes from the front of `in` to the collector and consume them.
 ** Stack: chan at 1, chat at `ci`. With the stock collector no Lua runs.
 */
-static void collect(lua_State *L, ac_chat *c, size_t n, int stock)
+static void collect(lua_State *L, ac_chat *c, size_t n, int *stock)
 {
     if (n == 0)
         return;
-    if (stock) {
+    if (*stock < 0) {
+        ac_pushkey(L, K_COLLECT_INCOMING_DATA);
+        lua_gettable(L, 1);
+        *stock = lua_tocfunction(L, -1) == lchat_collect;
+        lua_pop(L, 1);
+    }
+    if (*stock) {
         if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
             luaL_error(L, "not enough memory");
         buffer_consume(&c->in, n);
@@ -242,17 +252,22 @@ static size_t prefix_at_end(const ac_chat *c)
     return 0;
 }
 
-/* is the channel still open with this chat state? */
-static int chat_alive(lua_State *L, ac_chat *c)
+/*
+** Is the channel still open with this chat state and socket? Both are
+** anchored on the caller's stack, so comparing addresses is enough.
+*/
+static int chat_alive(lua_State *L, ac_chat *c, ac_socket *s)
 {
+    if (sock_isclosed(s))
+        return 0;
     ac_pushkey(L, K_CHAT);
     lua_rawget(L, 1);
     int same = lua_touserdata(L, -1) == (void *)c;
-    lua_pop(L, 1);
-    if (!same)
-        return 0;
-    ac_socket *s = ac_chansock(L, 1);
-    return s != NULL && !sock_isclosed(s);
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, 1);
+    same = same && lua_touserdata(L, -1) == (void *)s;
+    lua_settop(L, -3);
+    return same;
 }
 
 /*
@@ -267,6 +282,8 @@ static int lchat_handle_read(lua_State *L)
     ac_chat *c = checkchat(L, 1, "handle_read");   /* 2: chat (kept: anchors c) */
     ac_socket *s = ac_checkchan(L, 1, "recv");
     lua_settop(L, 2);
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, 1);                               /* 3: the socket (anchors s) */
     ac_pushkey(L, K_AC_IN_BUFFER_SIZE);
     lua_gettable(L, 1);
     lua_Integer want = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
@@ -290,28 +307,25 @@ static int lchat_handle_read(lua_State *L)
     }
     c->in.last += got;
 
-    ac_pushkey(L, K_COLLECT_INCOMING_DATA);
-    lua_gettable(L, 1);
-    int stock = lua_tocfunction(L, -1) == lchat_collect;
-    lua_pop(L, 1);
+    int stock = -1;   /* is collect_incoming_data the stock one? looked up when first needed */
 
     while (buffer_len(&c->in) > 0) {
         size_t lb = buffer_len(&c->in);
         if (c->kind == TERM_NONE || (c->kind == TERM_COUNT && c->count == 0)) {
             /* no terminator (0 counts as none, as in Python): collect it all */
-            collect(L, c, lb, stock);
+            collect(L, c, lb, &stock);
         } else if (c->kind == TERM_COUNT) {
             if ((lua_Integer)lb < c->count) {
-                collect(L, c, lb, stock);   /* the collector sees the count before it drops */
-                if (!chat_alive(L, c))
+                collect(L, c, lb, &stock);   /* the collector sees the count before it drops */
+                if (!chat_alive(L, c, s))
                     return 0;
                 if (c->kind == TERM_COUNT)
                     c->count -= (lua_Integer)lb;
             } else {
                 size_t n = (size_t)c->count;
                 c->count = 0;
-                collect(L, c, n, stock);
-                if (!chat_alive(L, c))
+                collect(L, c, n, &stock);
+                if (!chat_alive(L, c, s))
                     return 0;
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
             }
@@ -321,23 +335,25 @@ static int lchat_handle_read(lua_State *L)
             if (idx != (size_t)-1) {
                 size_t tl = c->termlen;
                 c->scanned = 0;
-                collect(L, c, idx, stock);
-                if (!chat_alive(L, c))
+                collect(L, c, idx, &stock);
+                if (!chat_alive(L, c, s))
                     return 0;
                 buffer_consume(&c->in, tl);
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
             } else {
                 size_t k = prefix_at_end(c);
-                collect(L, c, lb - k, stock);
+                collect(L, c, lb - k, &stock);
                 c->scanned = 0;   /* what is left is the possible start of a match */
                 if (k > 0)
                     break;
             }
         }
-        if (!chat_alive(L, c))
+        if (!chat_alive(L, c, s))
             return 0;
     }
 
+    if (buffer_len(&c->in) + buffer_len(&c->collected) == 0)
+        return 0;                                   /* nothing held: no limit to check */
     ac_pushkey(L, K_MAX_IN_BUFFER);
     lua_gettable(L, 1);
     if (lua_isinteger(L, -1)) {
@@ -428,15 +444,17 @@ static int lchat_initiate_send(lua_State *L)
         obs = 1;
     if (obs > INT_MAX)
         obs = INT_MAX;
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, 1);                                 /* 4: the socket (anchors s) */
+    ac_socket *s = ac_tosock(L, 4);
     for (;;) {
-        lua_settop(L, 3);
-        ac_socket *s = ac_chansock(L, 1);
+        lua_settop(L, 4);
         if (queue_empty(c) || s == NULL || sock_isclosed(s) || (s->flags & SF_CONNECTING))
             break;
         int t = lua_rawgeti(L, 3, c->head);
         if (t == LUA_TBOOLEAN) {             /* close_when_done */
             pop_head(L, 3, c);
-            sync_socket(L, 1, c);
+            sync_sock(L, 1, c, s);
             return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
         }
         if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
@@ -464,6 +482,10 @@ static int lchat_initiate_send(lua_State *L)
                 return luaL_error(L, "producer returned %s (string or nil expected)",
                                   luaL_typename(L, -1));
             }
+            lua_settop(L, 3);                /* the producer ran Lua: look the socket up again */
+            ac_pushkey(L, K_SOCKET);
+            lua_rawget(L, 1);
+            s = ac_tosock(L, 4);
             continue;
         }
         /* gather consecutive strings from the head, at most obs bytes */
@@ -506,10 +528,10 @@ static int lchat_initiate_send(lua_State *L)
             break;
         if (err) {
             if (ac_is_disconnect(err)) {
-                sync_socket(L, 1, c);
+                sync_sock(L, 1, c, s);
                 return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
             }
-            sync_socket(L, 1, c);
+            sync_sock(L, 1, c, s);
             return ac_raise(L, "send", err);
         }
         /* drop what went out */
@@ -529,8 +551,7 @@ static int lchat_initiate_send(lua_State *L)
         if (sent < total)
             break;                           /* the kernel is full: wait for writable */
     }
-    lua_settop(L, 2);
-    sync_socket(L, 1, c);
+    sync_sock(L, 1, c, s);
     return 0;
 }
 
