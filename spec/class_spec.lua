@@ -52,7 +52,24 @@ describe("the class mechanism", function()
     A.__name = "A"
     local ok, err = pcall(function() return A()() end)
     assert.is_false(ok)
-    assert.matches("attempt to call an instance of A", err)
+    assert.matches("attempt to call a A value", err)
+  end)
+
+  it("lets a method added to a base class later reach existing subclasses", function()
+    local A = Object:extend()
+    local B = A:extend()
+    local C = B:extend()
+    function C:who() return "C" end
+    function A:who() return "A" end
+    function A:shout() return self:who() .. "!" end
+    assert.equal("A", B():who())
+    assert.equal("C!", C():shout())
+    A.who = nil
+    assert.is_nil(B().who)
+    assert.equal("C", C():who())
+    B.who = function() return "B" end
+    assert.equal("B", B():who())
+    assert.equal("C", C():who())
   end)
 
   it("keeps arbitrary fields on instances", function()

@@ -1,65 +1,120 @@
---- The class mechanism of lua-asyncore: plain tables, single inheritance.
+--- The class mechanism of lua-asyncore: plain tables, single inheritance,
+-- and method lookup in one step.
 --
--- A class is a table that is its instances' metatable. `extend` makes a
--- subclass whose metatable is the parent, so methods are found through the
--- `__index` chain; keys starting with "__" (metamethods such as `__tostring`,
--- `__call`, and `__name`) are copied down, because Lua does not look them up
--- through `__index`. `Class(...)` and `Class:new(...)` create an instance and
--- call its `init(...)`.
-local Object = {}
-Object.__index = Object
-Object.__name = "Object"
+-- `Class:extend([methods])` makes a subclass; `Class(...)` and
+-- `Class:new(...)` create an instance and call its `init(...)`;
+-- `Class:is_instance(obj)` tests membership. A class may set `__name`
+-- (used by the repr) and any metamethod (`__tostring`, ...): they are
+-- inherited like methods.
+--
+-- How: every class keeps the fields defined on it (`own`) and a flattened
+-- table (`dispatch`) holding its own fields and everything it inherits. The
+-- dispatch table is the instances' metatable and its own __index, so an
+-- instance finds any method, however deep the hierarchy, with one table
+-- lookup (the event loop looks methods up on every event). The class table
+-- the script holds stays empty: reading a field reads the dispatch table,
+-- and assigning one goes through __newindex, which records it and updates
+-- the dispatch tables of the class and of every subclass that does not
+-- define that field itself. So a method added to or replaced on a base
+-- class at any time reaches its subclasses, as with ordinary inheritance.
+local setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring =
+  setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring
 
-local setmetatable, getmetatable, pairs, type, rawget, error, tostring =
-  setmetatable, getmetatable, pairs, type, rawget, error, tostring
+-- fields that belong to one class (its dispatch table's plumbing), never inherited
+local PRIVATE = { __index = true, __class = true, super = true }
+
+local meta = {}        -- class -> its metatable: {__index = dispatch, own = ..., parent = ..., children = ...}
+setmetatable(meta, { __mode = "k" })
+
+-- Set the effective value of k in `cls` and in its subclasses that inherit it.
+local function refresh(cls, k)
+  local m = meta[cls]
+  local v = rawget(m.own, k)
+  if v == nil and m.parent ~= nil then v = meta[m.parent].__index[k] end
+  rawset(m.__index, k, v)
+  for child in pairs(m.children) do
+    if rawget(meta[child].own, k) == nil then refresh(child, k) end
+  end
+end
+
+local function set_field(cls, k, v)
+  if PRIVATE[k] then
+    error(("cannot set '%s' on a class"):format(tostring(k)), 2)
+  end
+  rawset(meta[cls].own, k, v)
+  refresh(cls, k)
+end
+
+local function call(cls, ...)
+  return cls:new(...)
+end
+
+-- Make a class: `parent` is nil only for the root.
+local function make_class(parent)
+  local cls = {}
+  local dispatch = {}
+  if parent ~= nil then
+    for k, v in pairs(meta[parent].__index) do
+      if not PRIVATE[k] then dispatch[k] = v end
+    end
+  end
+  dispatch.__index = dispatch
+  dispatch.__class = cls
+  dispatch.super = parent
+  meta[cls] = {
+    __index = dispatch,
+    __newindex = set_field,
+    __call = call,
+    own = {},
+    parent = parent,
+    children = setmetatable({}, { __mode = "k" }),
+  }
+  if parent ~= nil then meta[parent].children[cls] = true end
+  return setmetatable(cls, meta[cls])
+end
+
+local Object = make_class(nil)
+Object.__name = "Object"
 
 --- The constructor, called by `new`; subclasses override it.
 function Object:init() end
 
 --- Create an instance of this class and call `instance:init(...)`.
 function Object:new(...)
-  local obj = setmetatable({}, self)
+  local m = meta[self]
+  if m == nil then
+    error("attempt to call an instance of " .. tostring(self.__name), 2)
+  end
+  local obj = setmetatable({}, m.__index)
   obj:init(...)
   return obj
 end
 
 --- A subclass of this class; `methods`, if given, is copied into it.
 function Object:extend(methods)
-  local cls = {}
-  for k, v in pairs(self) do
-    if type(k) == "string" and k:sub(1, 2) == "__" then cls[k] = v end
+  if meta[self] == nil then
+    error("bad argument #1 to 'extend' (a class expected, got an instance)", 2)
   end
-  cls.__index = cls
-  cls.super = self
+  if methods ~= nil and type(methods) ~= "table" then
+    error(("bad argument #1 to 'extend' (table expected, got %s)"):format(type(methods)), 2)
+  end
+  local cls = make_class(self)
   if methods ~= nil then
-    if type(methods) ~= "table" then
-      error(("bad argument #1 to 'extend' (table expected, got %s)"):format(type(methods)), 2)
-    end
     for k, v in pairs(methods) do cls[k] = v end
   end
-  return setmetatable(cls, self)
+  return cls
 end
 
 --- True when `obj` is an instance of this class or of a subclass.
 function Object:is_instance(obj)
   if type(obj) ~= "table" then return false end
   local mt = getmetatable(obj)
-  while mt do
-    if mt == self then return true end
-    mt = getmetatable(mt)
+  local cls = type(mt) == "table" and rawget(mt, "__class") or nil
+  while cls ~= nil do
+    if cls == self then return true end
+    cls = meta[cls] and meta[cls].parent
   end
   return false
 end
-
--- Calling a class makes an instance. Instances share the class as their
--- metatable, so they see this __call too: refuse them, as Lua would.
-Object.__call = function(cls, ...)
-  if rawget(cls, "__index") ~= cls then
-    error("attempt to call an instance of " .. tostring(rawget(getmetatable(cls), "__name")), 2)
-  end
-  return cls:new(...)
-end
--- The root's own metatable, so that `Object(...)` works too.
-setmetatable(Object, { __call = Object.__call })
 
 return Object
