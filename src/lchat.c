@@ -34,7 +34,7 @@
 
 enum { TERM_NONE, TERM_STRING, TERM_COUNT };
 
-typedef struct ac_chat {
+struct ac_chat {
     ac_buffer in;           /* received, not yet framed */
     ac_buffer collected;    /* the stock collect_incoming_data's store */
     int kind;               /* TERM_* */
@@ -44,7 +44,8 @@ typedef struct ac_chat {
     size_t scanned;         /* `in` bytes already known not to start a match */
     lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
     size_t head_off;        /* bytes of the head string already sent */
-} ac_chat;
+};
+typedef struct ac_chat ac_chat;
 
 static ac_chat *tochat(lua_State *L, int idx)
 {
@@ -58,20 +59,24 @@ static ac_chat *tochat(lua_State *L, int idx)
     return NULL;
 }
 
+typedef struct ac_chat ac_chat_t;
 static int lchat_initiate_send(lua_State *L);
+static int initiate_send(lua_State *L, ac_chat_t *c);
 
 /*
-** Call self:initiate_send() for the channel at 1 (the stack is cut to it):
-** the C function itself when it is the stock one, without a Lua call.
+** Call self:initiate_send() for the channel at 1, whose chat state c is at
+** index ci; the stack is cut. When initiate_send is the stock one, the C
+** code runs directly, without a Lua call or a second check of the state.
 */
-static void call_initiate_send(lua_State *L)
+static void call_initiate_send(lua_State *L, ac_chat_t *c, int ci)
 {
-    lua_settop(L, 1);
     ac_pushkey(L, K_INITIATE_SEND);
     lua_gettable(L, 1);
     if (lua_tocfunction(L, -1) == lchat_initiate_send) {
-        lua_settop(L, 1);
-        lchat_initiate_send(L);   /* same upvalues as ours: every core function has them */
+        lua_pushvalue(L, ci);
+        lua_replace(L, 2);
+        lua_settop(L, 2);
+        initiate_send(L, c);
         return;
     }
     lua_pushvalue(L, 1);
@@ -376,7 +381,8 @@ static int lchat_push(lua_State *L)
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
-    call_initiate_send(L);
+    lua_settop(L, 3);
+    call_initiate_send(L, c, 3);
     return 0;
 }
 
@@ -401,7 +407,8 @@ static int lchat_push_with_producer(lua_State *L)
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
-    call_initiate_send(L);
+    lua_settop(L, 3);
+    call_initiate_send(L, c, 3);
     return 0;
 }
 
@@ -434,7 +441,12 @@ static int lchat_initiate_send(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "initiate_send");   /* 2: chat */
-    lua_settop(L, 2);
+    return initiate_send(L, c);
+}
+
+/* the body of initiate_send; stack: 1 self, 2 its chat state c */
+static int initiate_send(lua_State *L, ac_chat *c)
+{
     lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
     ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
     lua_gettable(L, 1);
