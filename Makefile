@@ -62,6 +62,7 @@ check-valgrind:
 
 bench: $(SO)
 	sh bench/run.sh
+	sh bench/http.sh
 
 install: $(SO)
 	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore

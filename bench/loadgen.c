@@ -7,6 +7,9 @@
  * window. Prints one line:  conns=N rt=COUNT secs=S rt_per_s=X cpu_us_per_rt=Y
  *
  * usage: loadgen HOST PORT CONNS SECONDS SERVER_PID
+ *        loadgen sink HOST PORT SERVER_PID
+ * The sink mode connects once, reads until the server closes, and prints
+ *   bytes=N secs=S mb_per_s=X cpu_s_per_gib=Y
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -51,10 +54,42 @@ static double server_cpu(int pid)
     return (double)(ut + st) / sysconf(_SC_CLK_TCK);
 }
 
+/* read everything the server sends until it closes */
+static int sink(const char *host, int port, int pid)
+{
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        perror("connect");
+        return 1;
+    }
+    static char buf[1 << 20];
+    double cpu0 = server_cpu(pid), t0 = now();
+    long long total = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0) { perror("read"); return 1; }
+        if (r == 0) break;
+        total += r;
+    }
+    double t1 = now(), cpu1 = server_cpu(pid);
+    printf("bytes=%lld secs=%.3f mb_per_s=%.1f cpu_s_per_gib=%.3f\n", total, t1 - t0,
+           total / (t1 - t0) / 1e6, total ? (cpu1 - cpu0) * 1073741824.0 / total : 0.0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "sink") == 0) {
+        alarm(120);
+        return sink(argv[2], atoi(argv[3]), atoi(argv[4]));
+    }
     if (argc != 6) {
-        fprintf(stderr, "usage: loadgen HOST PORT CONNS SECONDS SERVER_PID\n");
+        fprintf(stderr, "usage: loadgen HOST PORT CONNS SECONDS SERVER_PID | loadgen sink HOST PORT SERVER_PID\n");
         return 2;
     }
     const char *host = argv[1];
