@@ -371,6 +371,17 @@ static int lchat_handle_read(lua_State *L)
 
 /* ---- output ---- */
 
+/* append the value at 2 to the queue of chat c (at 3), then initiate_send */
+static int enqueue(lua_State *L, ac_chat *c)
+{
+    lua_getiuservalue(L, 3, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, c->tail++);
+    lua_settop(L, 3);
+    call_initiate_send(L, c, 3);
+    return 0;
+}
+
 static int lchat_push(lua_State *L)
 {
     lua_settop(L, 2);
@@ -378,12 +389,7 @@ static int lchat_push(lua_State *L)
     luaL_checktype(L, 2, LUA_TSTRING);
     if (lua_rawlen(L, 2) == 0)
         return 0;
-    lua_getiuservalue(L, 3, 1);
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, c->tail++);
-    lua_settop(L, 3);
-    call_initiate_send(L, c, 3);
-    return 0;
+    return enqueue(L, c);
 }
 
 static int lchat_push_with_producer(lua_State *L)
@@ -404,12 +410,7 @@ static int lchat_push_with_producer(lua_State *L)
     }
     if (!ok)
         return luaL_typeerror(L, 2, "producer (an object with more() or a function)");
-    lua_getiuservalue(L, 3, 1);
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, c->tail++);
-    lua_settop(L, 3);
-    call_initiate_send(L, c, 3);
-    return 0;
+    return enqueue(L, c);
 }
 
 static int lchat_close_when_done(lua_State *L)

@@ -340,6 +340,21 @@ static unsigned find_mode(lua_State *L, int chan)
     return mode;
 }
 
+/* argument 2 of add_channel/del_channel: the map given, else self._map, else socket_map */
+static void check_map_arg(lua_State *L)
+{
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        ac_pushkey(L, K_MAP);
+        lua_gettable(L, 1);
+        if (lua_isnil(L, 2)) {
+            lua_pop(L, 1);
+            lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_SOCKETMAP);
+        }
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+}
+
 /*
 ** dispatcher:add_channel([map]): put the channel in the map (default: the
 ** one it was made for) and register its socket with that map's poller. Which
@@ -350,15 +365,7 @@ static int lchan_add_channel(lua_State *L)
 {
     ac_state *S = STATE(L);
     ac_socket *s = ac_checkchan(L, 1, "add_channel");
-    if (lua_isnoneornil(L, 2)) {
-        lua_settop(L, 1);
-        lua_getfield(L, 1, "_map");
-        if (lua_isnil(L, 2)) {
-            lua_pop(L, 1);
-            lua_getiuservalue(L, lua_upvalueindex(1), UV_SOCKETMAP);
-        }
-    }
-    luaL_checktype(L, 2, LUA_TTABLE);
+    check_map_arg(L);
     lua_settop(L, 2);
     ac_mapstate *ms = ac_getmapstate(L, 2, NULL);   /* 3: ms */
     if (s->ms && s->ms != ms)
@@ -423,15 +430,7 @@ static int lchan_del_channel(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
-    if (lua_isnoneornil(L, 2)) {
-        lua_settop(L, 1);
-        lua_getfield(L, 1, "_map");
-        if (lua_isnil(L, 2)) {
-            lua_pop(L, 1);
-            lua_getiuservalue(L, lua_upvalueindex(1), UV_SOCKETMAP);
-        }
-    }
-    luaL_checktype(L, 2, LUA_TTABLE);
+    check_map_arg(L);
     if (s == NULL)
         return 0;
     if (s->ms)
