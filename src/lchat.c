@@ -285,10 +285,13 @@ static int lchat_handle_read(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "handle_read");   /* 2: chat (kept: anchors c) */
-    ac_socket *s = ac_checkchan(L, 1, "recv");
-    lua_settop(L, 2);
     ac_pushkey(L, K_SOCKET);
     lua_rawget(L, 1);                               /* 3: the socket (anchors s) */
+    ac_socket *s = ac_tosock(L, 3);
+    if (s == NULL)
+        return luaL_error(L, "recv: the dispatcher has no socket");
+    if (sock_isclosed(s))
+        return ac_raise_closed(L, "recv");
     ac_pushkey(L, K_AC_IN_BUFFER_SIZE);
     lua_gettable(L, 1);
     lua_Integer want = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
