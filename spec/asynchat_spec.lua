@@ -215,13 +215,13 @@ describe("asynchat", function()
     peer:close()
   end)
 
-  it("sends producers, functions and strings in the order they were queued", function()
+  it("sends 32 MiB of producers, functions and strings in the order they were queued", function()
     local L = asynchat.async_chat:extend()
     local c, peer = chat_pair(L)
     local parts = {}
     local expected = {}
-    for i = 1, 20 do
-      local piece = H.blob(100000 + i, i)
+    for i = 1, 20 do   -- 32 MiB in all
+      local piece = H.blob(32 * 1024 * 1024 // 20 + i, i)
       expected[#expected + 1] = piece
       if i % 3 == 0 then
         c:push_with_producer(asynchat.simple_producer(piece, 4096))
