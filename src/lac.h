@@ -31,6 +31,8 @@ typedef struct ac_state {
     int64_t timer_next_id;
     int ntimers;            /* timers armed now */
     uint32_t gen;           /* last registration generation handed out */
+    void *last_sock;        /* the last userdata found to be a socket (cleared by its __gc) */
+    void *last_chat;        /* the same for chat states */
 } ac_state;
 
 struct ac_mapstate;
@@ -173,7 +175,7 @@ int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs);
 
 /* lchat.c */
 void ac_chat_open(lua_State *L, int st, int mt);
-void ac_chat_meta(lua_State *L);
+void ac_chat_meta(lua_State *L, int st);
 #define ac_chat_wants_write(s) (((s)->flags & SF_CHAT_PENDING) != 0)
 /* after add_channel: mark the socket with the channel's queue state */
 void ac_chat_attach(lua_State *L, int chan, ac_socket *s);

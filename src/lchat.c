@@ -47,14 +47,22 @@ struct ac_chat {
 };
 typedef struct ac_chat ac_chat;
 
+/* the chat state at idx, or NULL; remembers the last one as ac_tosock does */
 static ac_chat *tochat(lua_State *L, int idx)
 {
     void *p = lua_touserdata(L, idx);
-    if (p != NULL && lua_getmetatable(L, idx)) {
+    if (p == NULL)
+        return NULL;
+    ac_state *S = STATE(L);
+    if (p == S->last_chat)
+        return p;
+    if (lua_getmetatable(L, idx)) {
         int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_CHATMT));
         lua_pop(L, 1);
-        if (ok)
+        if (ok) {
+            S->last_chat = p;
             return p;
+        }
     }
     return NULL;
 }
@@ -95,9 +103,13 @@ static ac_chat *checkchat(lua_State *L, int chan, const char *op)
     return c;
 }
 
+/* upvalue 1: the module state */
 static int chat_gc(lua_State *L)
 {
     ac_chat *c = luaL_checkudata(L, 1, CHAT_MT);
+    ac_state *S = lua_touserdata(L, lua_upvalueindex(1));
+    if (S->last_chat == (void *)c)
+        S->last_chat = NULL;
     buffer_free(&c->in);
     buffer_free(&c->collected);
     free(c->term);
@@ -618,10 +630,11 @@ static const luaL_Reg chat_funcs[] = {
 
 /* adds core.chat (the async_chat methods) and core.chat_new */
 /* the chat metatable: made before any function gets its upvalues */
-void ac_chat_meta(lua_State *L)
+void ac_chat_meta(lua_State *L, int st)
 {
     luaL_newmetatable(L, CHAT_MT);
-    lua_pushcfunction(L, chat_gc);
+    lua_pushvalue(L, st);
+    lua_pushcclosure(L, chat_gc, 1);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 }

@@ -70,7 +70,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     lua_setiuservalue(L, -2, UV_SOCKETMAP);
 
     int st = lua_gettop(L);
-    ac_chat_meta(L);
+    ac_chat_meta(L, st);
     lua_newtable(L);                                          /* state, sockmt */
     int mt = lua_gettop(L);
     ac_error_open(L);

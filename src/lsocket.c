@@ -36,14 +36,27 @@ char *ac_rbuf(ac_state *S, size_t n)
     return S->rbuf;
 }
 
+/*
+** The socket at idx, or NULL. The last userdata found to be a socket is
+** remembered: the same address again is the same live socket (its __gc
+** forgets it before its memory can be reused), so the hot paths, which see
+** the same socket again and again, skip the metatable comparison.
+*/
 ac_socket *ac_tosock(lua_State *L, int idx)
 {
     void *p = lua_touserdata(L, idx);
-    if (p != NULL && lua_getmetatable(L, idx)) {
+    if (p == NULL)
+        return NULL;
+    ac_state *S = STATE(L);
+    if (p == S->last_sock)
+        return p;
+    if (lua_getmetatable(L, idx)) {
         int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_SOCKMT));
         lua_pop(L, 1);
-        if (ok)
+        if (ok) {
+            S->last_sock = p;
             return p;
+        }
     }
     return NULL;
 }
@@ -549,6 +562,8 @@ static int lsock_gc(lua_State *L)
     ac_socket *s = ac_tosock(L, 1);
     if (s != NULL)
         ac_sock_close(L, s);
+    if (STATE(L)->last_sock == (void *)s)
+        STATE(L)->last_sock = NULL;
     return 0;
 }
 
