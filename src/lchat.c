@@ -270,21 +270,14 @@ static size_t prefix_at_end(const ac_chat *c)
 }
 
 /*
-** Is the channel still open with this chat state and socket? Both are
-** anchored on the caller's stack, so comparing addresses is enough.
+** Is the channel still open? The socket is anchored on the caller's stack,
+** so its memory is valid whatever the handlers did; once it is closed,
+** framing stops (a handler that closes the channel gets no further
+** found_terminator for data that was already buffered).
 */
-static int chat_alive(lua_State *L, ac_chat *c, ac_socket *s)
+static int chat_alive(ac_socket *s)
 {
-    if (sock_isclosed(s))
-        return 0;
-    ac_pushkey(L, K_CHAT);
-    lua_rawget(L, 1);
-    int same = lua_touserdata(L, -1) == (void *)c;
-    ac_pushkey(L, K_SOCKET);
-    lua_rawget(L, 1);
-    same = same && lua_touserdata(L, -1) == (void *)s;
-    lua_settop(L, -3);
-    return same;
+    return !sock_isclosed(s);
 }
 
 /*
@@ -337,7 +330,7 @@ static int lchat_handle_read(lua_State *L)
         } else if (c->kind == TERM_COUNT) {
             if ((lua_Integer)lb < c->count) {
                 collect(L, c, lb, &stock);   /* the collector sees the count before it drops */
-                if (!chat_alive(L, c, s))
+                if (!chat_alive(s))
                     return 0;
                 if (c->kind == TERM_COUNT)
                     c->count -= (lua_Integer)lb;
@@ -345,7 +338,7 @@ static int lchat_handle_read(lua_State *L)
                 size_t n = (size_t)c->count;
                 c->count = 0;
                 collect(L, c, n, &stock);
-                if (!chat_alive(L, c, s))
+                if (!chat_alive(s))
                     return 0;
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
             }
@@ -356,7 +349,7 @@ static int lchat_handle_read(lua_State *L)
                 size_t tl = c->termlen;
                 c->scanned = 0;
                 collect(L, c, idx, &stock);
-                if (!chat_alive(L, c, s))
+                if (!chat_alive(s))
                     return 0;
                 buffer_consume(&c->in, tl);
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
@@ -368,7 +361,7 @@ static int lchat_handle_read(lua_State *L)
                     break;
             }
         }
-        if (!chat_alive(L, c, s))
+        if (!chat_alive(s))
             return 0;
     }
 
