@@ -390,14 +390,61 @@ static int enqueue(lua_State *L, ac_chat *c)
     return 0;
 }
 
+/* the channel's ac_out_buffer_size, clamped to 1 .. INT_MAX */
+static lua_Integer out_buffer_size(lua_State *L)
+{
+    ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
+    lua_gettable(L, 1);
+    lua_Integer obs = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
+    lua_pop(L, 1);
+    return obs < 1 ? 1 : obs > INT_MAX ? INT_MAX : obs;
+}
+
+/*
+** async_chat:push(data). With nothing queued and the stock initiate_send,
+** the string goes straight to the socket; only what the kernel does not take
+** is queued (the queue then starts inside this string).
+*/
 static int lchat_push(lua_State *L)
 {
     lua_settop(L, 2);
     ac_chat *c = checkchat(L, 1, "push");   /* 3: chat */
-    luaL_checktype(L, 2, LUA_TSTRING);
-    if (lua_rawlen(L, 2) == 0)
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return luaL_typeerror(L, 2, "string");
+    size_t len;
+    const char *p = lua_tolstring(L, 2, &len);
+    if (len == 0)
         return 0;
-    return enqueue(L, c);
+    if (!queue_empty(c))
+        return enqueue(L, c);
+    ac_pushkey(L, K_INITIATE_SEND);
+    lua_gettable(L, 1);
+    int stock = lua_tocfunction(L, -1) == lchat_initiate_send;
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, 1);                       /* 5: the socket (anchors s) */
+    ac_socket *s = ac_tosock(L, 5);
+    if (!stock || s == NULL || sock_isclosed(s) || (s->flags & (SF_CONNECTING | SF_FILE))) {
+        lua_settop(L, 3);
+        return enqueue(L, c);
+    }
+    lua_Integer obs = out_buffer_size(L);
+    size_t sent = 0;
+    int err = sock_send(s->fd, 0, p, len < (size_t)obs ? len : (size_t)obs, &sent);
+    if (err && err != EAGAIN) {
+        if (ac_is_disconnect(err))
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+        return ac_raise(L, "send", err);
+    }
+    if (sent == len)
+        return 0;                           /* all of it went out: nothing queued */
+    lua_getiuservalue(L, 3, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, c->tail++);
+    c->head_off = sent;
+    lua_pushvalue(L, 3);
+    lua_replace(L, 2);
+    lua_settop(L, 2);
+    return initiate_send(L, c);             /* the rest, as far as the kernel takes it */
 }
 
 static int lchat_push_with_producer(lua_State *L)
@@ -457,14 +504,7 @@ static int lchat_initiate_send(lua_State *L)
 static int initiate_send(lua_State *L, ac_chat *c)
 {
     lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
-    ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
-    lua_gettable(L, 1);
-    lua_Integer obs = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
-    lua_pop(L, 1);
-    if (obs < 1)
-        obs = 1;
-    if (obs > INT_MAX)
-        obs = INT_MAX;
+    lua_Integer obs = out_buffer_size(L);
     ac_pushkey(L, K_SOCKET);
     lua_rawget(L, 1);                                 /* 4: the socket (anchors s) */
     ac_socket *s = ac_tosock(L, 4);
