@@ -62,6 +62,14 @@ describe("bad arguments", function()
     { "call_every interval", function() asyncore.call_every(0, print) end, "bad argument #1 to 'call_every' %(interval must be a number of seconds > 0%)" },
     { "timer delay", function() asyncore.call_later(1, print):delay(-2) end, "bad argument #1 to 'delay'" },
     { "is_error", function() asyncore.is_error() end, "bad argument #1 to 'is_error' %(value expected%)" },
+    { "push number", function() require("asynchat").async_chat():push(5) end, "bad argument #1 to 'push' %(string expected, got number%)" },
+    { "push nil", function() require("asynchat").async_chat():push() end, "bad argument #1 to 'push' %(string expected, got nil%)" },
+    { "push_with_producer", function() require("asynchat").async_chat():push_with_producer(5) end, "bad argument #1 to 'push_with_producer' %(producer" },
+    { "push_with_producer table", function() require("asynchat").async_chat():push_with_producer({}) end, "bad argument #1 to 'push_with_producer' %(producer" },
+    { "async_chat method on a dispatcher", function() require("asynchat").async_chat.push(asyncore.dispatcher(), "x") end, "push: not an async_chat channel" },
+    { "simple_producer data", function() require("asynchat").simple_producer(5) end, "bad argument #1 to 'simple_producer' %(string expected, got number%)" },
+    { "simple_producer size", function() require("asynchat").simple_producer("x", 0) end, "bad argument #2 to 'simple_producer'" },
+    { "extend on an instance", function() asyncore.dispatcher():extend() end, "a class expected, got an instance" },
   }
   for _, row in ipairs(rows) do
     it("are refused with a message naming them: " .. row[1], function()
