@@ -13,13 +13,7 @@ set -eu
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}
 RUNS=${RUNS:-3}
-mkdir -p bench/build
-[ bench/build/loadgen -nt bench/loadgen.c ] ||
-  gcc -O2 -Wall -Wextra -Werror -o bench/build/loadgen bench/loadgen.c
-export LUA_PATH="$PWD/lua/?.lua;;" LUA_CPATH="$PWD/?.so;;"
-PIN1="" PIN0=""
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN1="taskset -c 1" PIN0="taskset -c 0"; fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
@@ -44,7 +38,6 @@ start_server() {  # NAME ROLE PORT -> sets pid
 
 peers="lua-asyncore py-asynchat"
 lua5.4 -e 'require "luv"' 2>/dev/null && peers="$peers luv"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 if command -v wrk >/dev/null; then
   printf '%-14s %12s %10s %14s\n' server "requests/s" "p99" "CPU us/req"

@@ -11,15 +11,7 @@ set -eu
 cd "$(dirname "$0")/.."
 SECS=${SECS:-3}
 RUNS=${RUNS:-3}
-mkdir -p bench/build
-[ bench/build/loadgen -nt bench/loadgen.c ] ||
-  gcc -O2 -Wall -Wextra -Werror -o bench/build/loadgen bench/loadgen.c
-export LUA_PATH="$PWD/lua/?.lua;;" LUA_CPATH="$PWD/?.so;;"
-pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then taskset -c "$1"; fi; }
-PIN1="" PIN0=""
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN1="taskset -c 1" PIN0="taskset -c 0"; fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 
 # run NAME CONNS: one measurement, prints "rt_per_s cpu_us_per_rt"
 measure() {
@@ -39,7 +31,6 @@ measure() {
   echo "$out" | sed -n 's/.*rt_per_s=\([0-9.]*\) cpu_us_per_rt=\([0-9.]*\).*/\1 \2/p'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-6s %-14s %14s %16s\n' conns server "round trips/s" "CPU us/rt"
 for conns in 1 100; do

@@ -137,6 +137,7 @@ int lerror_is_error(lua_State *L);
 
 /* lsocket.c */
 ac_socket *ac_tosock(lua_State *L, int idx);          /* NULL when not a socket */
+void *ac_testud(lua_State *L, int idx, void **last, int up);
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op);  /* open socket or error */
 ac_socket *ac_newsock(lua_State *L);                   /* pushes a closed socket */
 void ac_sock_close(lua_State *L, ac_socket *s);

@@ -47,24 +47,10 @@ struct ac_chat {
 };
 typedef struct ac_chat ac_chat;
 
-/* the chat state at idx, or NULL; remembers the last one as ac_tosock does */
+/* the chat state at idx, or NULL */
 static ac_chat *tochat(lua_State *L, int idx)
 {
-    void *p = lua_touserdata(L, idx);
-    if (p == NULL)
-        return NULL;
-    ac_state *S = STATE(L);
-    if (p == S->last_chat)
-        return p;
-    if (lua_getmetatable(L, idx)) {
-        int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_CHATMT));
-        lua_pop(L, 1);
-        if (ok) {
-            S->last_chat = p;
-            return p;
-        }
-    }
-    return NULL;
+    return ac_testud(L, idx, &STATE(L)->last_chat, UP_CHATMT);
 }
 
 typedef struct ac_chat ac_chat_t;

@@ -37,28 +37,33 @@ char *ac_rbuf(ac_state *S, size_t n)
 }
 
 /*
-** The socket at idx, or NULL. The last userdata found to be a socket is
-** remembered: the same address again is the same live socket (its __gc
-** forgets it before its memory can be reused), so the hot paths, which see
-** the same socket again and again, skip the metatable comparison.
+** The userdata at idx if its metatable is the one at upvalue `up`, else
+** NULL. The last userdata found to be of that kind is remembered in *last:
+** the same address again is the same live object (its __gc forgets it before
+** its memory can be reused), so the hot paths, which see the same object
+** again and again, skip the metatable comparison.
 */
-ac_socket *ac_tosock(lua_State *L, int idx)
+void *ac_testud(lua_State *L, int idx, void **last, int up)
 {
     void *p = lua_touserdata(L, idx);
     if (p == NULL)
         return NULL;
-    ac_state *S = STATE(L);
-    if (p == S->last_sock)
+    if (p == *last)
         return p;
     if (lua_getmetatable(L, idx)) {
-        int ok = lua_rawequal(L, -1, lua_upvalueindex(UP_SOCKMT));
+        int ok = lua_rawequal(L, -1, lua_upvalueindex(up));
         lua_pop(L, 1);
         if (ok) {
-            S->last_sock = p;
+            *last = p;
             return p;
         }
     }
     return NULL;
+}
+
+ac_socket *ac_tosock(lua_State *L, int idx)
+{
+    return ac_testud(L, idx, &STATE(L)->last_sock, UP_SOCKMT);
 }
 
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op)
