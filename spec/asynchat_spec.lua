@@ -251,6 +251,32 @@ describe("asynchat", function()
     peer:close()
   end)
 
+  it("honours attributes and collectors changed on the class or the instance at any time", function()
+    local L = asynchat.async_chat:extend()
+    local seen = {}
+    function L:found_terminator() end
+    function L:collect_incoming_data(d) seen[#seen + 1] = #d end
+    local c, peer = chat_pair(L)
+    c:set_terminator(nil)
+    peer:send(("a"):rep(100))
+    H.run_until(function() return #seen > 0 end, 5)
+    L.ac_in_buffer_size = 7                        -- on the class, after the instance exists
+    seen = {}
+    peer:send(("b"):rep(20))
+    H.run_until(function() return #seen >= 3 end, 5)
+    assert.same({ 7, 7, 6 }, seen)
+    c.ac_in_buffer_size = 3                        -- on the instance
+    seen = {}
+    peer:send("ccccc")
+    H.run_until(function() return #seen >= 2 end, 5)
+    assert.same({ 3, 2 }, seen)
+    L.collect_incoming_data = nil                  -- back to the stock collector
+    peer:send("dd")
+    H.run_until(function() return c:buffered() == 2 end, 5)
+    assert.equal("dd", c:get_data())
+    peer:close()
+  end)
+
   it("simple_producer yields the data in pieces", function()
     local p = asynchat.simple_producer("abcdefghij", 4)
     assert.equal("abcd", p:more())

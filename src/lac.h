@@ -33,6 +33,7 @@ typedef struct ac_state {
     uint32_t gen;           /* last registration generation handed out */
     void *last_sock;        /* the last userdata found to be a socket (cleared by its __gc) */
     void *last_chat;        /* the same for chat states */
+    uint32_t class_version; /* bumped by class.lua whenever a class changes */
 } ac_state;
 
 struct ac_mapstate;
@@ -102,7 +103,7 @@ typedef struct ac_mapstate {
     X(ACCEPT, "accept") X(CLOSE, "close") X(FOUND_TERMINATOR, "found_terminator") \
     X(COLLECT_INCOMING_DATA, "collect_incoming_data") X(HANDLE_OVERFLOW, "handle_overflow") \
     X(MAX_IN_BUFFER, "max_in_buffer") X(AC_IN_BUFFER_SIZE, "ac_in_buffer_size") \
-    X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size") X(CHAT, "_chat") X(MORE, "more") X(INITIATE_SEND, "initiate_send")
+    X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size") X(CHAT, "_chat") X(MORE, "more") X(INITIATE_SEND, "initiate_send") X(INDEX, "__index")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,

@@ -44,6 +44,11 @@ struct ac_chat {
     size_t scanned;         /* `in` bytes already known not to start a match */
     lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
     size_t head_off;        /* bytes of the head string already sent */
+    /* what the channel's class says, read once per class version (see chat_class) */
+    const void *cls;        /* the instance's dispatch table when read, or NULL */
+    uint32_t cls_version;
+    lua_Integer cls_in_size, cls_out_size;
+    int cls_collect_stock, cls_initiate_stock;
 };
 typedef struct ac_chat ac_chat;
 
@@ -54,7 +59,94 @@ static ac_chat *tochat(lua_State *L, int idx)
 }
 
 typedef struct ac_chat ac_chat_t;
+static int lchat_collect(lua_State *L);
 static int lchat_initiate_send(lua_State *L);
+
+static lua_Integer as_size(lua_State *L, int idx)
+{
+    lua_Integer v = lua_isinteger(L, idx) ? lua_tointeger(L, idx) : 65536;
+    return v < 1 ? 1 : v > INT_MAX ? INT_MAX : v;
+}
+
+/*
+** Read the attributes the hot paths need from the class of the channel at 1,
+** once per class version: classes made by asyncore.class are flattened
+** dispatch tables (the instance's metatable, its own __index), and every
+** change to any class bumps the version. Returns 0 when the instance has no
+** such class; callers then look up as lua_gettable would.
+*/
+static int chat_class(lua_State *L, ac_chat_t *c)
+{
+    ac_state *S = STATE(L);
+    if (!lua_getmetatable(L, 1))
+        return 0;
+    const void *mt = lua_topointer(L, -1);
+    if (mt == c->cls && S->class_version == c->cls_version) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    int top = lua_gettop(L);
+    ac_pushkey(L, K_INDEX);
+    lua_rawget(L, top);
+    int flat = lua_rawequal(L, -1, top);
+    if (flat) {
+        ac_pushkey(L, K_AC_IN_BUFFER_SIZE);
+        lua_rawget(L, top);
+        c->cls_in_size = as_size(L, -1);
+        ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
+        lua_rawget(L, top);
+        c->cls_out_size = as_size(L, -1);
+        ac_pushkey(L, K_COLLECT_INCOMING_DATA);
+        lua_rawget(L, top);
+        c->cls_collect_stock = lua_tocfunction(L, -1) == lchat_collect;
+        ac_pushkey(L, K_INITIATE_SEND);
+        lua_rawget(L, top);
+        c->cls_initiate_stock = lua_tocfunction(L, -1) == lchat_initiate_send;
+        c->cls = mt;
+        c->cls_version = S->class_version;
+    } else {
+        c->cls = NULL;
+    }
+    lua_settop(L, top - 1);
+    return flat;
+}
+
+/*
+** An integer attribute: the instance's own value, else the class's (cached;
+** `cls` is what chat_class returned for this call).
+*/
+static lua_Integer chat_size(lua_State *L, ac_chat_t *c, enum ac_key k, int cls)
+{
+    ac_pushkey(L, k);
+    if (lua_rawget(L, 1) == LUA_TNIL) {
+        lua_pop(L, 1);
+        if (cls)
+            return k == K_AC_IN_BUFFER_SIZE ? c->cls_in_size : c->cls_out_size;
+        ac_pushkey(L, k);                 /* no flattened class: the usual lookup */
+        lua_gettable(L, 1);
+    }
+    lua_Integer v = as_size(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* is method k (collect_incoming_data or initiate_send) the stock C function? */
+static int chat_stock(lua_State *L, ac_chat_t *c, enum ac_key k, int cls)
+{
+    ac_pushkey(L, k);
+    if (lua_rawget(L, 1) == LUA_TNIL) {
+        lua_pop(L, 1);
+        if (cls)
+            return k == K_COLLECT_INCOMING_DATA ? c->cls_collect_stock : c->cls_initiate_stock;
+        ac_pushkey(L, k);
+        lua_gettable(L, 1);
+    }
+    int stock = lua_tocfunction(L, -1) ==
+                (k == K_COLLECT_INCOMING_DATA ? lchat_collect : lchat_initiate_send);
+    lua_pop(L, 1);
+    return stock;
+}
+
 static int initiate_send(lua_State *L, ac_chat_t *c);
 
 /*
@@ -64,15 +156,15 @@ static int initiate_send(lua_State *L, ac_chat_t *c);
 */
 static void call_initiate_send(lua_State *L, ac_chat_t *c, int ci)
 {
-    ac_pushkey(L, K_INITIATE_SEND);
-    lua_gettable(L, 1);
-    if (lua_tocfunction(L, -1) == lchat_initiate_send) {
+    if (chat_stock(L, c, K_INITIATE_SEND, chat_class(L, c))) {
         lua_pushvalue(L, ci);
         lua_replace(L, 2);
         lua_settop(L, 2);
         initiate_send(L, c);
         return;
     }
+    ac_pushkey(L, K_INITIATE_SEND);
+    lua_gettable(L, 1);
     lua_pushvalue(L, 1);
     lua_call(L, 1, 0);
 }
@@ -226,12 +318,8 @@ static void collect(lua_State *L, ac_chat *c, size_t n, int *stock)
 {
     if (n == 0)
         return;
-    if (*stock < 0) {
-        ac_pushkey(L, K_COLLECT_INCOMING_DATA);
-        lua_gettable(L, 1);
-        *stock = lua_tocfunction(L, -1) == lchat_collect;
-        lua_pop(L, 1);
-    }
+    if (*stock < 0)
+        *stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, chat_class(L, c));
     if (*stock) {
         if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
             luaL_error(L, "not enough memory");
@@ -283,12 +371,8 @@ static int lchat_handle_read(lua_State *L)
         return luaL_error(L, "recv: the dispatcher has no socket");
     if (sock_isclosed(s))
         return ac_raise_closed(L, "recv");
-    ac_pushkey(L, K_AC_IN_BUFFER_SIZE);
-    lua_gettable(L, 1);
-    lua_Integer want = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
-    lua_pop(L, 1);
-    if (want < 1)
-        want = 1;
+    int cls = chat_class(L, c);
+    lua_Integer want = chat_size(L, c, K_AC_IN_BUFFER_SIZE, cls);
     if (want > (1 << 24))
         want = 1 << 24;
     if (buffer_reserve(&c->in, (size_t)want) != 0)
@@ -306,7 +390,7 @@ static int lchat_handle_read(lua_State *L)
     }
     c->in.last += got;
 
-    int stock = -1;   /* is collect_incoming_data the stock one? looked up when first needed */
+    int stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
 
     while (buffer_len(&c->in) > 0) {
         size_t lb = buffer_len(&c->in);
@@ -376,16 +460,6 @@ static int enqueue(lua_State *L, ac_chat *c)
     return 0;
 }
 
-/* the channel's ac_out_buffer_size, clamped to 1 .. INT_MAX */
-static lua_Integer out_buffer_size(lua_State *L)
-{
-    ac_pushkey(L, K_AC_OUT_BUFFER_SIZE);
-    lua_gettable(L, 1);
-    lua_Integer obs = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 65536;
-    lua_pop(L, 1);
-    return obs < 1 ? 1 : obs > INT_MAX ? INT_MAX : obs;
-}
-
 /*
 ** async_chat:push(data). With nothing queued and the stock initiate_send,
 ** the string goes straight to the socket; only what the kernel does not take
@@ -403,17 +477,16 @@ static int lchat_push(lua_State *L)
         return 0;
     if (!queue_empty(c))
         return enqueue(L, c);
-    ac_pushkey(L, K_INITIATE_SEND);
-    lua_gettable(L, 1);
-    int stock = lua_tocfunction(L, -1) == lchat_initiate_send;
+    int cls = chat_class(L, c);
+    int stock = chat_stock(L, c, K_INITIATE_SEND, cls);
     ac_pushkey(L, K_SOCKET);
-    lua_rawget(L, 1);                       /* 5: the socket (anchors s) */
-    ac_socket *s = ac_tosock(L, 5);
+    lua_rawget(L, 1);                       /* 4: the socket (anchors s) */
+    ac_socket *s = ac_tosock(L, 4);
     if (!stock || s == NULL || sock_isclosed(s) || (s->flags & (SF_CONNECTING | SF_FILE))) {
         lua_settop(L, 3);
         return enqueue(L, c);
     }
-    lua_Integer obs = out_buffer_size(L);
+    lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, cls);
     size_t sent = 0;
     int err = sock_send(s->fd, 0, p, len < (size_t)obs ? len : (size_t)obs, &sent);
     if (err && err != EAGAIN) {
@@ -490,7 +563,7 @@ static int lchat_initiate_send(lua_State *L)
 static int initiate_send(lua_State *L, ac_chat *c)
 {
     lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
-    lua_Integer obs = out_buffer_size(L);
+    lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, chat_class(L, c));
     ac_pushkey(L, K_SOCKET);
     lua_rawget(L, 1);                                 /* 4: the socket (anchors s) */
     ac_socket *s = ac_tosock(L, 4);

@@ -312,6 +312,13 @@ static int ltimer_pending(lua_State *L)
     return 1;
 }
 
+/* core.class_changed(): asyncore.class calls it whenever a class changes */
+static int lcore_class_changed(lua_State *L)
+{
+    STATE(L)->class_version++;
+    return 0;
+}
+
 /* core.now(): the monotonic clock timers use, in seconds */
 static int ltimer_now(lua_State *L)
 {
@@ -326,7 +333,8 @@ static const luaL_Reg timer_methods[] = {
 
 static const luaL_Reg timer_funcs[] = {
     {"call_later", ltimer_call_later}, {"call_every", ltimer_call_every},
-    {"timers_pending", ltimer_pending}, {"now", ltimer_now}, {NULL, NULL}
+    {"timers_pending", ltimer_pending}, {"now", ltimer_now},
+    {"class_changed", lcore_class_changed}, {NULL, NULL}
 };
 
 /* adds the timer functions to the module table on top */

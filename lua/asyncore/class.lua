@@ -20,6 +20,9 @@
 local setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring =
   setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring
 
+-- The C core caches what it reads from classes; it is told when one changes.
+local class_changed = require("asyncore.core").class_changed
+
 -- fields that belong to one class (its dispatch table's plumbing), never inherited
 local PRIVATE = { __index = true, __class = true, super = true }
 
@@ -43,6 +46,7 @@ local function set_field(cls, k, v)
   end
   rawset(meta[cls].own, k, v)
   refresh(cls, k)
+  class_changed()
 end
 
 local function call(cls, ...)
@@ -70,6 +74,7 @@ local function make_class(parent)
     children = setmetatable({}, { __mode = "k" }),
   }
   if parent ~= nil then meta[parent].children[cls] = true end
+  class_changed()   -- a new dispatch table may reuse a collected one's address
   return setmetatable(cls, meta[cls])
 end
 
