@@ -314,13 +314,11 @@ static int lchat_get_data(lua_State *L)
 ** Hand n bytes from the front of `in` to the collector and consume them.
 ** Stack: chan at 1, chat at `ci`. With the stock collector no Lua runs.
 */
-static void collect(lua_State *L, ac_chat *c, size_t n, int *stock)
+static void collect(lua_State *L, ac_chat *c, size_t n, int stock)
 {
     if (n == 0)
         return;
-    if (*stock < 0)
-        *stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, chat_class(L, c));
-    if (*stock) {
+    if (stock) {
         if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
             luaL_error(L, "not enough memory");
         buffer_consume(&c->in, n);
@@ -396,10 +394,10 @@ static int lchat_handle_read(lua_State *L)
         size_t lb = buffer_len(&c->in);
         if (c->kind == TERM_NONE || (c->kind == TERM_COUNT && c->count == 0)) {
             /* no terminator (0 counts as none, as in Python): collect it all */
-            collect(L, c, lb, &stock);
+            collect(L, c, lb, stock);
         } else if (c->kind == TERM_COUNT) {
             if ((lua_Integer)lb < c->count) {
-                collect(L, c, lb, &stock);   /* the collector sees the count before it drops */
+                collect(L, c, lb, stock);   /* the collector sees the count before it drops */
                 if (!chat_alive(s))
                     return 0;
                 if (c->kind == TERM_COUNT)
@@ -407,7 +405,7 @@ static int lchat_handle_read(lua_State *L)
             } else {
                 size_t n = (size_t)c->count;
                 c->count = 0;
-                collect(L, c, n, &stock);
+                collect(L, c, n, stock);
                 if (!chat_alive(s))
                     return 0;
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
@@ -418,14 +416,14 @@ static int lchat_handle_read(lua_State *L)
             if (idx != (size_t)-1) {
                 size_t tl = c->termlen;
                 c->scanned = 0;
-                collect(L, c, idx, &stock);
+                collect(L, c, idx, stock);
                 if (!chat_alive(s))
                     return 0;
                 buffer_consume(&c->in, tl);
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
             } else {
                 size_t k = prefix_at_end(c);
-                collect(L, c, lb - k, &stock);
+                collect(L, c, lb - k, stock);
                 c->scanned = 0;   /* what is left is the possible start of a match */
                 if (k > 0)
                     break;
