@@ -167,12 +167,11 @@ int ac_timers_wait_ms(ac_state *S, ac_monotime now, int wait_ms);
 
 /* lchan.c */
 void ac_chan_open(lua_State *L, int st, int mt);
+/* the stock methods, which the loop recognises by address (see find_mode in lloop.c) */
 extern const lua_CFunction ac_stock_readable, ac_stock_writable, ac_stock_ds_writable,
-    ac_stock_chat_writable, ac_stock_read_event, ac_stock_write_event, ac_stock_handle_accept,
-    ac_stock_ds_handle_write, ac_stock_connect_event;
+    ac_stock_chat_writable, ac_stock_read_event, ac_stock_write_event;
 int ac_chan_read_event(lua_State *L, int chan, ac_socket *s);
 int ac_chan_write_event(lua_State *L, int chan, ac_socket *s);
-unsigned ac_stock_write_mask(lua_State *L, int chan, ac_socket *s);
 int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs);
 
 /* lchat.c */

@@ -363,9 +363,6 @@ const lua_CFunction ac_stock_writable = lchan_writable;
 const lua_CFunction ac_stock_ds_writable = lds_writable;
 const lua_CFunction ac_stock_read_event = lchan_handle_read_event;
 const lua_CFunction ac_stock_write_event = lchan_handle_write_event;
-const lua_CFunction ac_stock_handle_accept = lchan_handle_accept;
-const lua_CFunction ac_stock_ds_handle_write = lds_initiate_send;
-const lua_CFunction ac_stock_connect_event = lchan_handle_connect_event;
 
 static const luaL_Reg chan_funcs[] = {
     {"recv", lchan_recv}, {"send", lchan_send}, {"accept", lchan_accept},
