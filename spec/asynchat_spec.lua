@@ -9,11 +9,7 @@ local function chat_pair(Cls, ...)
   local l, port = H.listener()
   local peer = asyncore.socket()
   peer:connect { "127.0.0.1", port }
-  local sock
-  local deadline = H.now() + 5
-  repeat sock = l:accept() until sock or H.now() > deadline
-  l:close()
-  assert(sock, "no connection")
+  local sock = H.accept_one(l)
   peer:setblocking(true)
   return Cls(sock, ...), peer
 end
@@ -204,21 +200,15 @@ describe("asynchat", function()
     c:push(blob)
     c:close_when_done()
     peer:setblocking(false)
-    local got, n = {}, 0
-    H.run_until(function()
-      local d = peer:recv(1 << 20)
-      while d and #d > 0 do got[#got + 1] = d; n = n + #d; d = peer:recv(1 << 20) end
-      return d == ""
-    end, 60)
-    assert.equal(#blob, n)
-    assert.is_true(table.concat(got) == blob, "the data changed on the way")
+    local got = H.read_to_eof(peer, 60)
+    assert.equal(#blob, #got)
+    assert.is_true(got == blob, "the data changed on the way")
     peer:close()
   end)
 
   it("sends 32 MiB of producers, functions and strings in the order they were queued", function()
     local L = asynchat.async_chat:extend()
     local c, peer = chat_pair(L)
-    local parts = {}
     local expected = {}
     for i = 1, 20 do   -- 32 MiB in all
       local piece = H.blob(32 * 1024 * 1024 // 20 + i, i)
@@ -240,14 +230,9 @@ describe("asynchat", function()
     c:push("never sent")
     local want = table.concat(expected)
     peer:setblocking(false)
-    local n = 0
-    H.run_until(function()
-      local d = peer:recv(1 << 20)
-      while d and #d > 0 do parts[#parts + 1] = d; n = n + #d; d = peer:recv(1 << 20) end
-      return d == ""
-    end, 60)
-    assert.equal(#want, n)
-    assert.is_true(table.concat(parts) == want, "reordered or changed")
+    local got = H.read_to_eof(peer, 60)
+    assert.equal(#want, #got)
+    assert.is_true(got == want, "reordered or changed")
     peer:close()
   end)
 

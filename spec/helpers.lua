@@ -66,6 +66,29 @@ function H.listener(family, host)
   return s, s:getsockname()[2]
 end
 
+--- Accept one connection on the raw listener `l` (waiting up to `seconds`,
+-- default 5, without driving the loop), then close the listener.
+function H.accept_one(l, seconds)
+  local sock
+  local deadline = H.now() + (seconds or 5)
+  repeat sock = l:accept() until sock or H.now() > deadline
+  l:close()
+  assert(sock, "no connection")
+  return sock
+end
+
+--- Read the raw non-blocking socket `peer` until the end of stream, driving
+-- the loop meanwhile; returns everything it read.
+function H.read_to_eof(peer, seconds)
+  local got = {}
+  H.run_until(function()
+    local d = peer:recv(1 << 20)
+    while d and #d > 0 do got[#got + 1] = d; d = peer:recv(1 << 20) end
+    return d == ""
+  end, seconds or 60)
+  return table.concat(got)
+end
+
 --- A fresh path for a Unix socket.
 function H.tmpname()
   local n = os.tmpname()

@@ -7,12 +7,7 @@ local function pair(Cls, map)
   local d = Cls(nil, map)
   d:create_socket()
   d:connect { "127.0.0.1", port }
-  local peer
-  local deadline = H.now() + 5
-  repeat peer = l:accept() until peer or H.now() > deadline
-  l:close()
-  assert(peer, "no connection")
-  return d, peer
+  return d, H.accept_one(l)
 end
 
 for _, backend in ipairs(asyncore.backends()) do
