@@ -58,7 +58,9 @@ check-asan:
 check-valgrind:
 	$(MAKE) clean
 	$(MAKE) all
-	AC_VALGRIND=1 sh spec/run.sh "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $(LUA)" $(BUSTED)
+	vgdir=$$(mktemp -d) && AC_VALGRIND=1 AC_VGLOG=$$vgdir sh spec/run.sh \
+	  "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --num-callers=30 --log-file=$$vgdir/vg.%p $(LUA)" $(BUSTED); \
+	  status=$$?; rm -rf "$$vgdir"; exit $$status
 
 bench: $(SO)
 	sh bench/run.sh

@@ -262,6 +262,24 @@ describe("asynchat", function()
     peer:close()
   end)
 
+  it("refuses to be used from a finalizer after its own __gc, without leaking", function()
+    local seen = {}
+    do
+      local holder = setmetatable({}, { __gc = function(h)
+        seen.term = { pcall(h.ch.set_terminator, h.ch, "\r\n") }
+        seen.collect = { pcall(h.ch.collect_incoming_data, h.ch, "abc") }
+        seen.push = { pcall(h.ch.push, h.ch, "abc") }
+      end })
+      -- its chat state is marked for finalization after the holder: finalized first
+      holder.ch = asynchat.async_chat()
+    end
+    collectgarbage(); collectgarbage(); collectgarbage()
+    for _, op in ipairs { "term", "collect", "push" } do
+      assert.is_false(seen[op][1], op)
+      assert.matches("garbage%-collected", seen[op][2], 1, false, op)
+    end
+  end)
+
   it("simple_producer yields the data in pieces", function()
     local p = asynchat.simple_producer("abcdefghij", 4)
     assert.equal("abcd", p:more())

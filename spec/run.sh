@@ -17,6 +17,15 @@ trap 'rm -f "$out"' EXIT
 timeout -k 10 "${AC_SPEC_TIMEOUT:-900}" $LUA "$BUSTED" -o TAP "$@" >"$out" 2>&1
 status=$?
 cat "$out"
+if [ -n "$AC_VGLOG" ]; then
+  # valgrind wrote its reports apart (--log-file): show any non-empty one here,
+  # after the specs' own output, so a CI log's tail names the error
+  for f in "$AC_VGLOG"/*; do
+    [ -s "$f" ] || continue
+    echo "---- valgrind report $f"
+    cat "$f"
+  done
+fi
 passed=$(grep -c '^ok ' "$out")
 failed=$(grep -c '^not ok ' "$out")
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then

@@ -146,6 +146,33 @@ describe("asyncore.socket", function()
     assert.equal(before, H.fd_count())
   end)
 
+  it("says it is closed when another finalizer reaches it after its own __gc", function()
+    local seen = {}
+    do
+      local holder = setmetatable({}, { __gc = function(h)
+        seen.fileno = h.sock:fileno()
+        seen.ok, seen.err = pcall(h.sock.send, h.sock, "x")
+        seen.text = tostring(h.sock)
+      end })
+      -- marked for finalization after the holder, so Lua finalizes it first
+      holder.sock = asyncore.socket()
+    end
+    collectgarbage(); collectgarbage(); collectgarbage()
+    assert.equal(-1, seen.fileno)
+    assert.is_false(seen.ok)
+    assert.equal("send: closed socket (EBADF)", tostring(seen.err))
+    assert.equal("asyncore.socket (closed)", seen.text)
+    -- and the sockets made after it are told apart from other userdata
+    for _ = 1, 50 do
+      local s = asyncore.socket()
+      assert.is_true(s:fileno() >= 0)
+      local f = io.tmpfile()
+      assert.has_error(function() s.fileno(f) end)
+      f:close()
+      s:close()
+    end
+  end)
+
   it("raises error objects for operating-system failures", function()
     local a = asyncore.socket()
     a:bind { "127.0.0.1", 0 }

@@ -68,6 +68,7 @@ typedef struct ac_socket {
     struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
+    unsigned char finalized; /* its __gc ran: never remembered by ac_testud again */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)
@@ -138,7 +139,7 @@ int lerror_is_error(lua_State *L);
 
 /* lsocket.c */
 ac_socket *ac_tosock(lua_State *L, int idx);          /* NULL when not a socket */
-void *ac_testud(lua_State *L, int idx, void **last, int up);
+void *ac_testud(lua_State *L, int idx, void **last, int up, size_t finalized_off);
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op);  /* open socket or error */
 ac_socket *ac_newsock(lua_State *L);                   /* pushes a closed socket */
 void ac_sock_close(lua_State *L, ac_socket *s);

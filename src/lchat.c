@@ -49,13 +49,14 @@ struct ac_chat {
     uint32_t cls_version;
     lua_Integer cls_in_size, cls_out_size;
     int cls_collect_stock, cls_initiate_stock;
+    unsigned char finalized; /* its __gc ran (see ac_testud) */
 };
 typedef struct ac_chat ac_chat;
 
 /* the chat state at idx, or NULL */
 static ac_chat *tochat(lua_State *L, int idx)
 {
-    return ac_testud(L, idx, &STATE(L)->last_chat, UP_CHATMT);
+    return ac_testud(L, idx, &STATE(L)->last_chat, UP_CHATMT, offsetof(ac_chat, finalized));
 }
 
 typedef struct ac_chat ac_chat_t;
@@ -178,6 +179,8 @@ static ac_chat *checkchat(lua_State *L, int chan, const char *op)
     ac_chat *c = tochat(L, -1);
     if (c == NULL)
         luaL_error(L, "%s: not an async_chat channel (call async_chat.init)", op);
+    if (c->finalized)   /* reached from a finalizer after its own __gc freed the buffers */
+        luaL_error(L, "%s: this async_chat channel was garbage-collected", op);
     return c;
 }
 
@@ -186,6 +189,7 @@ static int chat_gc(lua_State *L)
 {
     ac_chat *c = luaL_checkudata(L, 1, CHAT_MT);
     ac_state *S = lua_touserdata(L, lua_upvalueindex(1));
+    c->finalized = 1;
     if (S->last_chat == (void *)c)
         S->last_chat = NULL;
     buffer_free(&c->in);

@@ -38,32 +38,34 @@ char *ac_rbuf(ac_state *S, size_t n)
 
 /*
 ** The userdata at idx if its metatable is the one at upvalue `up`, else
-** NULL. The last userdata found to be of that kind is remembered in *last:
-** the same address again is the same live object (its __gc forgets it before
-** its memory can be reused), so the hot paths, which see the same object
-** again and again, skip the metatable comparison.
+** NULL. The last userdata found to be of that kind is remembered in *last,
+** so the hot paths, which see the same object again and again, skip the
+** metatable comparison. That is sound only while the remembered address
+** cannot be freed and reused: Lua frees such a userdata only after its __gc
+** ran, and __gc forgets it and sets the byte at `finalized_off`, after which
+** it is never remembered again (a finalizer may still reach the object).
 */
-void *ac_testud(lua_State *L, int idx, void **last, int up)
+void *ac_testud(lua_State *L, int idx, void **last, int up, size_t finalized_off)
 {
     void *p = lua_touserdata(L, idx);
     if (p == NULL)
         return NULL;
     if (p == *last)
         return p;
-    if (lua_getmetatable(L, idx)) {
-        int ok = lua_rawequal(L, -1, lua_upvalueindex(up));
-        lua_pop(L, 1);
-        if (ok) {
-            *last = p;
-            return p;
-        }
-    }
-    return NULL;
+    if (!lua_getmetatable(L, idx))
+        return NULL;
+    int ok = lua_rawequal(L, -1, lua_upvalueindex(up));
+    lua_pop(L, 1);
+    if (!ok)
+        return NULL;
+    if (!((const unsigned char *)p)[finalized_off])
+        *last = p;
+    return p;
 }
 
 ac_socket *ac_tosock(lua_State *L, int idx)
 {
-    return ac_testud(L, idx, &STATE(L)->last_sock, UP_SOCKMT);
+    return ac_testud(L, idx, &STATE(L)->last_sock, UP_SOCKMT, offsetof(ac_socket, finalized));
 }
 
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op)
@@ -565,8 +567,10 @@ static int lsock_getsockopt(lua_State *L)
 static int lsock_gc(lua_State *L)
 {
     ac_socket *s = ac_tosock(L, 1);
-    if (s != NULL)
-        ac_sock_close(L, s);
+    if (s == NULL)
+        return 0;
+    ac_sock_close(L, s);
+    s->finalized = 1;
     if (STATE(L)->last_sock == (void *)s)
         STATE(L)->last_sock = NULL;
     return 0;
