@@ -64,6 +64,18 @@ describe("asyncore.socket", function()
     a:close(); b:close()
   end)
 
+  it("gives the data and no address for recvfrom on a stream socket", function()
+    local l, port = H.listener()
+    local c = asyncore.socket()
+    c:connect { "127.0.0.1", port }
+    local s = retry(function() return l:accept() end)
+    retry(function() return c:send("abc") == 3 end)
+    local data, from = retry(function() return s:recvfrom(100) end)
+    assert.equal("abc", data)
+    assert.is_nil(from)
+    s:close(); c:close(); l:close()
+  end)
+
   it("works over Unix domain sockets with path addresses", function()
     local path = H.tmpname()
     local l = asyncore.socket("unix", "stream")

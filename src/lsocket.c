@@ -109,6 +109,11 @@ void ac_sock_close(lua_State *L, ac_socket *s)
 
 void ac_pushaddr(lua_State *L, const ac_sockaddr *a)
 {
+    if (a->len < (socklen_t)sizeof a->ss.ss_family) {
+        /* no address: recvfrom() on a stream socket (Python gives None too) */
+        lua_pushnil(L);
+        return;
+    }
     if (a->ss.ss_family == AF_UNIX) {
         const struct sockaddr_un *sun = (const struct sockaddr_un *)&a->ss;
         size_t off = offsetof(struct sockaddr_un, sun_path);
