@@ -21,7 +21,7 @@ if [ -n "$AC_VGLOG" ]; then
   # valgrind wrote its reports apart (--log-file): show any non-empty one here,
   # after the specs' own output, so a CI log's tail names the error
   for f in "$AC_VGLOG"/*; do
-    [ -s "$f" ] || continue
+    grep -q '^==[0-9]*==' "$f" 2>/dev/null || continue   # errors only, not --notes--
     echo "---- valgrind report $f"
     cat "$f"
   done

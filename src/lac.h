@@ -164,7 +164,7 @@ void ac_loop_open(lua_State *L, int st, int mt);
 /* ltimer.c */
 void ac_timer_open(lua_State *L, int st, int mt);
 int ac_timers_run(lua_State *L, ac_state *S, int msgh);
-int ac_timers_wait_ms(ac_state *S, ac_monotime now, int wait_ms);
+int64_t ac_timers_wait_us(ac_state *S, ac_monotime now, int64_t wait_us);
 
 /* lchan.c */
 void ac_chan_open(lua_State *L, int st, int mt);

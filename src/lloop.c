@@ -669,7 +669,7 @@ static struct ac_fired *pass_scratch(lua_State *L, int n)
     return p;
 }
 
-static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int *wait_ms)
+static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int64_t *wait_us)
 {
     for (int fd = 0; fd < ms->nregs && ms->npaused > 0; fd++) {
         ac_socket *s = ms->socks[fd];
@@ -683,9 +683,9 @@ static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int *w
                 ac_update_interest(L, lua_gettop(L), s);
             lua_pop(L, 1);
         } else {
-            double ms_left = ceil((s->paused_until - now) * 1000.0);
-            if (*wait_ms < 0 || ms_left < *wait_ms)
-                *wait_ms = (int)ms_left;
+            int64_t left = ac_us_until(s->paused_until, now);
+            if (*wait_us < 0 || left < *wait_us)
+                *wait_us = left;
         }
     }
 }
@@ -696,12 +696,12 @@ static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int *w
 */
 static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
 {
-    int wait_ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1000.0));
+    int64_t wait_us = timeout < 0 ? -1 : ac_us_until(timeout, 0);
     ac_monotime now = clock_now();
     int state = lua_upvalueindex(1);
 
     if (ms->npaused > 0)
-        resume_paused(L, ms, now, &wait_ms);
+        resume_paused(L, ms, now, &wait_us);
 
     /* channels with Lua predicates, from a snapshot (a predicate may close any) */
     if (ms->ncustom > 0) {
@@ -738,13 +738,13 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
         lua_settop(L, top);
     }
 
-    wait_ms = ac_timers_wait_ms(S, now, wait_ms);
+    wait_us = ac_timers_wait_us(S, now, wait_us);
 
     int max = ms->nsocks + 1;
     struct ac_fired *fired = pass_scratch(L, max);
     int top = lua_gettop(L);
     int nout = 0;
-    int err = ms->p.ops->wait(&ms->p, wait_ms, fired, max, &nout);
+    int err = ms->p.ops->wait(&ms->p, wait_us, fired, max, &nout);
     if (err)
         return ac_raise(L, ms->p.ops->name, err);
 

@@ -212,19 +212,18 @@ static int ltimer_tostring(lua_State *L)
     return 1;
 }
 
-/* milliseconds to wait, bounded by the next timer (rounded up: never early) */
-int ac_timers_wait_ms(ac_state *S, ac_monotime now, int wait_ms)
+/* microseconds to wait (< 0: no limit), bounded by the next timer (rounded up: never early) */
+int64_t ac_timers_wait_us(ac_state *S, ac_monotime now, int64_t wait_us)
 {
     if (S->ntimers == 0) {
         S->heap.n = 0;   /* only stale entries are left */
-        return wait_ms;
+        return wait_us;
     }
     const struct theap_entry *top = theap_top(&S->heap);
     if (top == NULL)
-        return wait_ms;
-    double left = (top->deadline - now) * 1000.0;
-    int ms = left <= 0 ? 0 : (left > 86400000.0 ? 86400000 : (int)ceil(left));
-    return (wait_ms < 0 || ms < wait_ms) ? ms : wait_ms;
+        return wait_us;
+    int64_t us = ac_us_until(top->deadline, now);
+    return (wait_us < 0 || us < wait_us) ? us : wait_us;
 }
 
 /*

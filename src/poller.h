@@ -12,6 +12,7 @@
 #ifndef AC_POLLER_H
 #define AC_POLLER_H
 #include <stdint.h>
+#include <time.h>
 #include "ac.h"
 #pragma GCC visibility push(hidden)
 
@@ -32,10 +33,21 @@ struct poller_ops {
     int  (*open)(struct poller *p);
     /* regs[fd] already holds the new gen when this is called */
     int  (*set)(struct poller *p, int fd, unsigned oldmask, unsigned newmask);
-    /* timeout_ms < 0 waits without limit; fills out[0..*nout) */
-    int  (*wait)(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout);
+    /*
+    ** timeout_us < 0 waits without limit. Backends wait at least timeout_us
+    ** (rounding up where the system call counts coarser units), so a timer is
+    ** never run early, and no longer than the kernel's granularity demands.
+    ** Fills out[0..*nout).
+    */
+    int  (*wait)(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout);
     void (*close)(struct poller *p);
 };
+
+/* a microsecond timeout as a timespec (for the calls that take one) */
+#define POLLER_TS(ts, us) ((ts).tv_sec = (time_t)((us) / 1000000), \
+                           (ts).tv_nsec = (long)((us) % 1000000) * 1000L)
+/* ... and as milliseconds, rounded up (for poll() and epoll_wait()) */
+#define POLLER_MS(us) ((us) < 0 ? -1 : (int)(((us) + 999) / 1000))
 
 /* the compiled backends, best first; NULL-terminated */
 extern const struct poller_ops *const poller_list[];

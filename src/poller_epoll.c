@@ -65,12 +65,32 @@ static int ep_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
     return 0;
 }
 
-static int ep_wait(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout)
+/* epoll_pwait2 is tried until the kernel (or valgrind) says it has none */
+#ifdef AC_HAVE_EPOLL_PWAIT2
+static int have_pwait2 = 1;
+#endif
+
+static int ep_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout)
 {
     struct epoll_impl *e = p->impl;
     if (max > EPOLL_BATCH)
         max = EPOLL_BATCH;
-    int n = epoll_wait(e->epfd, e->ev, max > 0 ? max : 1, timeout_ms);
+    if (max < 1)
+        max = 1;
+    int n;
+#ifdef AC_HAVE_EPOLL_PWAIT2
+    /* a timeout in whole milliseconds needs no timespec: epoll_wait is as good */
+    if (have_pwait2 && timeout_us > 0 && timeout_us % 1000 != 0) {
+        struct timespec ts;
+        POLLER_TS(ts, timeout_us);
+        n = epoll_pwait2(e->epfd, e->ev, max, &ts, NULL);
+        if (n < 0 && errno == ENOSYS) {
+            have_pwait2 = 0;
+            n = epoll_wait(e->epfd, e->ev, max, POLLER_MS(timeout_us));
+        }
+    } else
+#endif
+        n = epoll_wait(e->epfd, e->ev, max, POLLER_MS(timeout_us));
     *nout = 0;
     if (n < 0)
         return errno == EINTR ? 0 : errno;

@@ -66,13 +66,12 @@ static int kq_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
     return 0;
 }
 
-static int kq_wait(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout)
+static int kq_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout)
 {
     struct kq_impl *k = p->impl;
     struct timespec ts, *tsp = NULL;
-    if (timeout_ms >= 0) {
-        ts.tv_sec = timeout_ms / 1000;
-        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+    if (timeout_us >= 0) {
+        POLLER_TS(ts, timeout_us);
         tsp = &ts;
     }
     if (max > KQ_BATCH)

@@ -77,10 +77,17 @@ static int pl_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
     return 0;
 }
 
-static int pl_wait(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout)
+static int pl_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout)
 {
     struct poll_impl *q = p->impl;
-    int n = poll(q->pfd, (nfds_t)q->n, timeout_ms);
+#ifdef AC_HAVE_PPOLL
+    struct timespec ts;
+    if (timeout_us >= 0)
+        POLLER_TS(ts, timeout_us);
+    int n = ppoll(q->pfd, (nfds_t)q->n, timeout_us >= 0 ? &ts : NULL, NULL);
+#else
+    int n = poll(q->pfd, (nfds_t)q->n, POLLER_MS(timeout_us));
+#endif
     *nout = 0;
     if (n < 0)
         return errno == EINTR ? 0 : errno;

@@ -44,13 +44,13 @@ static int sl_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
     return 0;
 }
 
-static int sl_wait(struct poller *p, int timeout_ms, struct ac_fired *out, int max, int *nout)
+static int sl_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout)
 {
     struct select_impl *s = p->impl;
     struct timeval tv, *tvp = NULL;
-    if (timeout_ms >= 0) {
-        tv.tv_sec = timeout_ms / 1000;
-        tv.tv_usec = (timeout_ms % 1000) * 1000;
+    if (timeout_us >= 0) {
+        tv.tv_sec = (time_t)(timeout_us / 1000000);
+        tv.tv_usec = (suseconds_t)(timeout_us % 1000000);
         tvp = &tv;
     }
     memcpy(&s->r, &s->rd, sizeof s->r);
