@@ -31,8 +31,6 @@ typedef struct ac_state {
     int64_t timer_next_id;
     int ntimers;            /* timers armed now */
     uint32_t gen;           /* last registration generation handed out */
-    void *last_sock;        /* the last userdata found to be a socket (cleared by its __gc) */
-    void *last_chat;        /* the same for chat states */
     uint32_t class_version; /* bumped by class.lua whenever a class changes */
 } ac_state;
 
@@ -57,7 +55,17 @@ struct ac_mapstate;
 #define CM_WE_CUSTOM 0x10u  /* handle_write_event overridden */
 #define CM_CUSTOM_PRED(m) (((m) & CM_RD_CUSTOM) || ((m) & CM_WR_MASK) == CM_WR_CUSTOM)
 
+/*
+** Sockets and chat states begin with a magic number: with the userdata's size
+** it tells them from any other userdata in two loads, where a metatable
+** comparison costs a table fetch and a stack slot on every method call.
+** Scripts cannot write into a userdata's memory, so they cannot forge one.
+*/
+#define AC_SOCK_MAGIC UINT64_C(0x6c75612d61632d73)   /* "lua-ac-s" */
+#define AC_CHAT_MAGIC UINT64_C(0x6c75612d61632d63)   /* "lua-ac-c" */
+
 typedef struct ac_socket {
+    uint64_t magic;         /* AC_SOCK_MAGIC */
     int fd;                 /* -1 once closed */
     int family, type;
     unsigned flags;
@@ -68,7 +76,6 @@ typedef struct ac_socket {
     struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
-    unsigned char finalized; /* its __gc ran: never remembered by ac_testud again */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)
@@ -139,7 +146,7 @@ int lerror_is_error(lua_State *L);
 
 /* lsocket.c */
 ac_socket *ac_tosock(lua_State *L, int idx);          /* NULL when not a socket */
-void *ac_testud(lua_State *L, int idx, void **last, int up, size_t finalized_off);
+void *ac_testud(lua_State *L, int idx, size_t size, uint64_t magic);
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op);  /* open socket or error */
 ac_socket *ac_newsock(lua_State *L);                   /* pushes a closed socket */
 void ac_sock_close(lua_State *L, ac_socket *s);

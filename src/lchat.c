@@ -35,6 +35,7 @@
 enum { TERM_NONE, TERM_STRING, TERM_COUNT };
 
 struct ac_chat {
+    uint64_t magic;         /* AC_CHAT_MAGIC (see lac.h) */
     ac_buffer in;           /* received, not yet framed */
     ac_buffer collected;    /* the stock collect_incoming_data's store */
     int kind;               /* TERM_* */
@@ -49,14 +50,14 @@ struct ac_chat {
     uint32_t cls_version;
     lua_Integer cls_in_size, cls_out_size;
     int cls_collect_stock, cls_initiate_stock;
-    unsigned char finalized; /* its __gc ran (see ac_testud) */
+    unsigned char finalized; /* its __gc ran and freed the buffers */
 };
 typedef struct ac_chat ac_chat;
 
 /* the chat state at idx, or NULL */
 static ac_chat *tochat(lua_State *L, int idx)
 {
-    return ac_testud(L, idx, &STATE(L)->last_chat, UP_CHATMT, offsetof(ac_chat, finalized));
+    return ac_testud(L, idx, sizeof(ac_chat), AC_CHAT_MAGIC);
 }
 
 typedef struct ac_chat ac_chat_t;
@@ -184,14 +185,10 @@ static ac_chat *checkchat(lua_State *L, int chan, const char *op)
     return c;
 }
 
-/* upvalue 1: the module state */
 static int chat_gc(lua_State *L)
 {
     ac_chat *c = luaL_checkudata(L, 1, CHAT_MT);
-    ac_state *S = lua_touserdata(L, lua_upvalueindex(1));
     c->finalized = 1;
-    if (S->last_chat == (void *)c)
-        S->last_chat = NULL;
     buffer_free(&c->in);
     buffer_free(&c->collected);
     free(c->term);
@@ -204,6 +201,7 @@ static int lchat_new(lua_State *L)
 {
     ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);
     memset(c, 0, sizeof *c);
+    c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
     buffer_init(&c->collected);
     c->kind = TERM_NONE;

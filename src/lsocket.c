@@ -36,36 +36,18 @@ char *ac_rbuf(ac_state *S, size_t n)
     return S->rbuf;
 }
 
-/*
-** The userdata at idx if its metatable is the one at upvalue `up`, else
-** NULL. The last userdata found to be of that kind is remembered in *last,
-** so the hot paths, which see the same object again and again, skip the
-** metatable comparison. That is sound only while the remembered address
-** cannot be freed and reused: Lua frees such a userdata only after its __gc
-** ran, and __gc forgets it and sets the byte at `finalized_off`, after which
-** it is never remembered again (a finalizer may still reach the object).
-*/
-void *ac_testud(lua_State *L, int idx, void **last, int up, size_t finalized_off)
+/* the userdata at idx if it is `size` bytes and starts with `magic`, else NULL */
+void *ac_testud(lua_State *L, int idx, size_t size, uint64_t magic)
 {
     void *p = lua_touserdata(L, idx);
-    if (p == NULL)
-        return NULL;
-    if (p == *last)
+    if (p != NULL && lua_rawlen(L, idx) == size && *(const uint64_t *)p == magic)
         return p;
-    if (!lua_getmetatable(L, idx))
-        return NULL;
-    int ok = lua_rawequal(L, -1, lua_upvalueindex(up));
-    lua_pop(L, 1);
-    if (!ok)
-        return NULL;
-    if (!((const unsigned char *)p)[finalized_off])
-        *last = p;
-    return p;
+    return NULL;
 }
 
 ac_socket *ac_tosock(lua_State *L, int idx)
 {
-    return ac_testud(L, idx, &STATE(L)->last_sock, UP_SOCKMT, offsetof(ac_socket, finalized));
+    return ac_testud(L, idx, sizeof(ac_socket), AC_SOCK_MAGIC);
 }
 
 ac_socket *ac_checksock(lua_State *L, int idx, const char *op)
@@ -82,6 +64,7 @@ ac_socket *ac_newsock(lua_State *L)
 {
     ac_socket *s = lua_newuserdatauv(L, sizeof *s, 1);
     memset(s, 0, sizeof *s);
+    s->magic = AC_SOCK_MAGIC;
     s->fd = -1;
     s->cidx = -1;
     s->mapfd = -1;
@@ -575,9 +558,6 @@ static int lsock_gc(lua_State *L)
     if (s == NULL)
         return 0;
     ac_sock_close(L, s);
-    s->finalized = 1;
-    if (STATE(L)->last_sock == (void *)s)
-        STATE(L)->last_sock = NULL;
     return 0;
 }
 
