@@ -122,13 +122,12 @@ enum ac_key {
 
 #define UP_STATE 1
 #define UP_SOCKMT 2
-#define UP_CHATMT 3
-#define AC_NUP (3 + K_COUNT)
-#define KEY(k) lua_upvalueindex(4 + (k))
+#define AC_NUP (2 + K_COUNT)
+#define KEY(k) lua_upvalueindex(3 + (k))
 #define ac_pushkey(L, k) lua_pushvalue(L, KEY(k))
 
-/* push the AC_NUP upvalues: the state and socket metatable at st, mt (absolute);
-** the chat metatable comes from the registry (created by luaopen first) */
+/* push the AC_NUP upvalues: the state and socket metatable at st, mt (absolute),
+** then the key strings */
 void ac_pushupvalues(lua_State *L, int st, int mt);
 /* push a copy of the calling C function's own upvalues */
 void ac_copyupvalues(lua_State *L);

@@ -53,7 +53,6 @@ void ac_pushupvalues(lua_State *L, int st, int mt)
     luaL_checkstack(L, AC_NUP, NULL);
     lua_pushvalue(L, st);
     lua_pushvalue(L, mt);
-    luaL_getmetatable(L, "asyncore.chat");
     for (int i = 0; i < K_COUNT; i++)
         lua_pushstring(L, names[i]);
 }
