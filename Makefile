@@ -2,7 +2,8 @@
 #   make            build asyncore/core.so (-O2, warnings are errors)
 #   make demo       an echo server and client talking over loopback
 #   make test       run the busted specs under Lua 5.4; last line "N passed, N failed"
-#   make check      the specs under AddressSanitizer + UBSan, then under valgrind memcheck
+#   make check      the specs under AddressSanitizer + UBSan, then under valgrind memcheck,
+#                   then the kqueue backend over an emulation (make check-kqueue)
 #   make bench      examples/echo_server.lua against Python's asyncore (bench/README.md)
 #   make install PREFIX=/usr/local
 
@@ -26,7 +27,7 @@ OBJS = $(SRCS:.c=.o)
 HDRS = $(wildcard src/*.h)
 SO   = asyncore/core.so
 
-.PHONY: all demo test check check-asan check-valgrind bench install uninstall clean lint
+.PHONY: all demo test check check-asan check-valgrind check-kqueue bench install uninstall clean lint
 
 all: $(SO)
 
@@ -45,7 +46,7 @@ test: $(SO)
 
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-check: check-asan check-valgrind
+check: check-asan check-valgrind check-kqueue
 
 check-asan:
 	$(MAKE) clean
@@ -61,6 +62,17 @@ check-valgrind:
 	vgdir=$$(mktemp -d) && AC_VALGRIND=1 AC_VGLOG=$$vgdir sh spec/run.sh \
 	  "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --num-callers=30 --log-file=$$vgdir/vg.%p $(LUA)" $(BUSTED); \
 	  status=$$?; rm -rf "$$vgdir"; exit $$status
+
+# The kqueue backend, compiled on Linux against a BSD-style <sys/event.h> and an
+# emulation of kqueue()/kevent() over epoll (spec/kqueue_shim), then run through
+# the specs of every backend: the dispatcher and loop specs include "kqueue".
+KQ_DIR = build/kqueue
+check-kqueue:
+	@mkdir -p $(KQ_DIR)/asyncore
+	$(CC) $(ALL_CFLAGS) -DAC_HAVE_KQUEUE=1 -Ispec/kqueue_shim -shared -o $(KQ_DIR)/asyncore/core.so \
+	  $(SRCS) spec/kqueue_shim/kqueue_shim.c $(LDFLAGS)
+	AC_CORE_DIR=$(KQ_DIR) sh spec/run.sh $(LUA) $(BUSTED) --cpath="$(KQ_DIR)/?.so" \
+	  spec/dispatcher_spec.lua spec/loop_spec.lua
 
 bench: $(SO)
 	sh bench/run.sh
@@ -78,6 +90,7 @@ uninstall:
 
 clean:
 	rm -f src/*.o $(SO)
+	rm -rf build
 
 lint:
 	luacheck lua spec examples

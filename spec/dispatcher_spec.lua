@@ -398,7 +398,10 @@ for _, backend in ipairs(asyncore.backends()) do
       map = nil   -- its poller goes with it
     end)
 
-    it("calls handle_expt for urgent (out-of-band) data", function()
+    -- kqueue has no notification of out-of-band data (select's exceptfds, poll's
+    -- POLLPRI): there handle_expt is never called
+    local it_oob = backend == "kqueue" and pending or it
+    it_oob("calls handle_expt for urgent (out-of-band) data", function()
       local script = [[
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run the busted specs under Lua 5.4 and end with the line CI reads:
-#   N passed, N failed
+#   N passed, N failed          (", N skipped" added when busted skipped any)
 # usage: sh spec/run.sh LUA BUSTED [busted args...]
 # LUA may be a command with arguments (e.g. "valgrind -q lua5.4").
 # The whole run is bounded (AC_SPEC_TIMEOUT seconds, default 900): a hang fails.
@@ -10,7 +10,7 @@ shift 2 2>/dev/null
 # child processes (examples, peers) find the modules of this tree
 here=$(pwd)
 export LUA_PATH="$here/lua/?.lua;$here/spec/?.lua;;"
-export LUA_CPATH="$here/?.so;;"
+export LUA_CPATH="$here/${AC_CORE_DIR:+$AC_CORE_DIR/}?.so;;"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # shellcheck disable=SC2086
@@ -26,7 +26,8 @@ if [ -n "$AC_VGLOG" ]; then
     cat "$f"
   done
 fi
-passed=$(grep -c '^ok ' "$out")
+skipped=$(grep -c '^ok [0-9]* - # SKIP' "$out")
+passed=$(($(grep -c '^ok ' "$out") - skipped))
 failed=$(grep -c '^not ok ' "$out")
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   # busted or the interpreter died (timeout, crash, error outside a test)
@@ -37,5 +38,9 @@ if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
   echo "no test ran" >&2
   failed=1
 fi
-echo "$passed passed, $failed failed"
+if [ "$skipped" -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
 [ "$failed" -eq 0 ]
