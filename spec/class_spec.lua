@@ -20,6 +20,21 @@ describe("the class mechanism", function()
     assert.equal(5, C(2):get())
   end)
 
+  it("lists a class's own fields with pairs", function()
+    local A = Object:extend { __name = "A" }
+    function A:one() end
+    local B = A:extend()
+    function B:two() end
+    B.size = 3
+    local seen = {}
+    for k, v in pairs(B) do seen[k] = v end
+    assert.same({ two = B.two, size = 3 }, seen)
+    seen = {}
+    for k in pairs(A) do seen[#seen + 1] = k end
+    table.sort(seen)
+    assert.same({ "__name", "one" }, seen)
+  end)
+
   it("answers is_instance for the class and its subclasses only", function()
     local A = Object:extend()
     local B = A:extend()

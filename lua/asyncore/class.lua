@@ -17,6 +17,7 @@
 -- the dispatch tables of the class and of every subclass that does not
 -- define that field itself. So a method added to or replaced on a base
 -- class at any time reaches its subclasses, as with ordinary inheritance.
+-- `pairs(cls)` lists the fields defined on the class itself.
 local setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring =
   setmetatable, getmetatable, pairs, next, type, rawget, rawset, error, tostring
 
@@ -53,6 +54,11 @@ local function call(cls, ...)
   return cls:new(...)
 end
 
+-- pairs(SomeClass): the fields defined on that class itself (as Python's vars())
+local function own_pairs(cls)
+  return next, meta[cls].own, nil
+end
+
 -- Make a class: `parent` is nil only for the root.
 local function make_class(parent)
   local cls = {}
@@ -69,6 +75,7 @@ local function make_class(parent)
     __index = dispatch,
     __newindex = set_field,
     __call = call,
+    __pairs = own_pairs,
     own = {},
     parent = parent,
     children = setmetatable({}, { __mode = "k" }),
