@@ -143,6 +143,9 @@ for _, name in ipairs { "recv", "send", "accept", "readable", "writable", "handl
 end
 dispatcher.add_channel = core.add_channel
 dispatcher.del_channel = core.del_channel
+-- fields new to an instance are stored as usual; a predicate or event method
+-- set on a live channel is noticed by the loop at once
+dispatcher.__newindex = core.chan_newindex
 local update_interest = core.update_interest
 
 local function sockof(self, fname)

@@ -91,6 +91,50 @@ for _, backend in ipairs(asyncore.backends()) do
       assert.equal(0, c:out_buffer_size())
     end)
 
+    -- A live channel on a raw peer, with stock predicates when it joined the map.
+    local function live_channel(Cls)
+      local l, port = H.listener()
+      local c = Cls()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      local peer = H.accept_one(l)
+      H.run_until(function() return c.connected end, 5, opts)
+      return c, peer
+    end
+
+    it("asks a predicate set on a live instance from the next pass on", function()
+      local C = asyncore.dispatcher:extend()
+      function C:handle_read() self.reads = (self.reads or 0) + 1; self:recv(100) end
+      function C:handle_write() self.writes = (self.writes or 0) + 1 end
+      local c, peer = live_channel(C)
+      c.readable = function() return false end
+      peer:send("hello")
+      H.run_for(0.1, opts)
+      assert.is_nil(c.reads, "read while readable() said no")
+      c.readable = nil                      -- the class's own again
+      H.run_until(function() return c.reads end, 5, opts)
+      -- dispatcher's own writable() is always true (as in Python)
+      H.run_until(function() return (c.writes or 0) >= 3 end, 5, opts)
+      c.writable = function() return false end
+      local n = c.writes
+      H.run_for(0.05, opts)
+      assert.equal(n, c.writes)
+      c:close(); peer:close()
+    end)
+
+    it("asks a predicate set on the class after its channels joined the map", function()
+      local C = asyncore.dispatcher:extend()
+      function C:handle_read() self.reads = (self.reads or 0) + 1; self:recv(100) end
+      local c, peer = live_channel(C)
+      C.readable = function() return false end
+      peer:send("hello")
+      H.run_for(0.1, opts)
+      assert.is_nil(c.reads, "read while the class's readable() said no")
+      C.readable = nil                      -- inherited from dispatcher again: stock
+      H.run_until(function() return c.reads end, 5, opts)
+      c:close(); peer:close()
+    end)
+
     it("ends a refused connect in handle_close, through handle_error", function()
       local l, port = H.listener()
       l:close()   -- nothing listens there now

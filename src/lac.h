@@ -89,6 +89,7 @@ typedef struct ac_mapstate {
     int ncustom, capcustom;
     int npaused;                /* listeners resting after EMFILE */
     int nsocks;
+    uint32_t class_version;     /* the class version the channels' modes were read at */
 } ac_mapstate;
 
 #define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))

@@ -355,10 +355,96 @@ static void check_map_arg(lua_State *L)
 }
 
 /*
+** Read which of the channel's predicates and event methods are the stock ones
+** (its mode) and set its registration to match: stock channels get their
+** interest now, the others join the list whose predicates each pass calls.
+** Returns 0, or an errno with *mask set when the poller refused the interest.
+*/
+static int ms_apply_mode(lua_State *L, int chan, ac_mapstate *ms, ac_socket *s, int *mask)
+{
+    *mask = 0;
+    s->mode = find_mode(L, chan);
+    if ((s->mode & CM_WR_MASK) == CM_WR_CHAT)
+        ac_chat_attach(L, chan, s);
+    if (CM_CUSTOM_PRED(s->mode)) {
+        if (s->cidx < 0) {
+            if (ms->ncustom == ms->capcustom) {
+                int *c = realloc(ms->custom, (size_t)ms->capcustom * 2 * sizeof *c);
+                if (c == NULL)
+                    return ENOMEM;
+                ms->custom = c;
+                ms->capcustom *= 2;
+            }
+            s->cidx = ms->ncustom;
+            ms->custom[ms->ncustom++] = s->fd;
+        }
+        return 0;
+    }
+    ms_remove_custom(ms, s);
+    int err = ms_setmask(ms, s->fd, stock_mask(L, chan, s));
+    *mask = err != 0;
+    return err;
+}
+
+/*
+** A class changed since the modes of this map's channels were read (a method
+** set on a class, or a class made): read them again. Runs before a pass.
+*/
+static void ms_refresh_modes(lua_State *L, ac_state *S, ac_mapstate *ms, int map)
+{
+    ms->class_version = S->class_version;
+    int top = lua_gettop(L);
+    for (int fd = 0; fd < ms->nregs; fd++) {
+        ac_socket *s = ms->socks[fd];
+        if (s == NULL)
+            continue;
+        lua_settop(L, top);
+        if (lua_rawgeti(L, map, fd) != LUA_TTABLE || ac_chansock(L, top + 1) != s)
+            continue;
+        int mask;
+        int err = ms_apply_mode(L, top + 1, ms, s, &mask);
+        if (err && mask)
+            raise_setmask(L, ms->p.ops->name, fd, err);
+        else if (err)
+            ac_raise(L, "loop", err);
+    }
+    lua_settop(L, top);
+}
+
+/*
+** dispatcher.__newindex(self, key, value): a field new to the instance. When
+** it overrides readable, writable, handle_read_event or handle_write_event of
+** a channel in a map, the channel's mode is read again at once, so the loop
+** asks the new method from the next pass on, as Python's asyncore would.
+*/
+static int lchan_newindex(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 3);
+    int watched = lua_type(L, 2) == LUA_TSTRING &&
+                  (lua_rawequal(L, 2, KEY(K_READABLE)) || lua_rawequal(L, 2, KEY(K_WRITABLE)) ||
+                   lua_rawequal(L, 2, KEY(K_HANDLE_READ_EVENT)) ||
+                   lua_rawequal(L, 2, KEY(K_HANDLE_WRITE_EVENT)));
+    lua_rawset(L, 1);
+    if (watched) {
+        ac_socket *s = ac_chansock(L, 1);
+        if (s != NULL && s->ms != NULL && !sock_isclosed(s)) {
+            int mask;
+            int err = ms_apply_mode(L, 1, s->ms, s, &mask);
+            if (err && mask)
+                return raise_setmask(L, s->ms->p.ops->name, s->fd, err);
+            if (err)
+                return ac_raise(L, "__newindex", err);
+        }
+    }
+    return 0;
+}
+
+/*
 ** dispatcher:add_channel([map]): put the channel in the map (default: the
-** one it was made for) and register its socket with that map's poller. Which
-** of its methods are the stock ones is read here: a predicate or event method
-** overridden on a live instance is noticed at its next add_channel().
+** one it was made for) and register its socket with that map's poller, with
+** its mode (ms_apply_mode). A method set later on the instance is seen through
+** dispatcher.__newindex, one set on a class before the next pass.
 */
 static int lchan_add_channel(lua_State *L)
 {
@@ -393,31 +479,11 @@ static int lchan_add_channel(lua_State *L)
     }
     s->ms = ms;
     s->mapfd = fd;
-    s->mode = find_mode(L, 1);
-    if ((s->mode & CM_WR_MASK) == CM_WR_CHAT)
-        ac_chat_attach(L, 1, s);
-    if (CM_CUSTOM_PRED(s->mode)) {
-        if (s->cidx < 0) {
-            if (ms->ncustom == ms->capcustom) {
-                int *c = realloc(ms->custom, (size_t)ms->capcustom * 2 * sizeof *c);
-                if (c == NULL) {
-                    ms_unregister(ms, s);
-                    return ac_raise(L, "add_channel", ENOMEM);
-                }
-                ms->custom = c;
-                ms->capcustom *= 2;
-            }
-            s->cidx = ms->ncustom;
-            ms->custom[ms->ncustom++] = fd;
-        }
-    } else {
-        ms_remove_custom(ms, s);
-        unsigned m = stock_mask(L, 1, s);
-        err = ms_setmask(ms, fd, m);
-        if (err) {
-            ms_unregister(ms, s);
-            return raise_setmask(L, ms->p.ops->name, fd, err);
-        }
+    int mask;
+    err = ms_apply_mode(L, 1, ms, s, &mask);
+    if (err) {
+        ms_unregister(ms, s);
+        return mask ? raise_setmask(L, ms->p.ops->name, fd, err) : ac_raise(L, "add_channel", err);
     }
     lua_pushvalue(L, 1);
     lua_rawseti(L, 2, fd);
@@ -699,6 +765,8 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     ac_monotime now = clock_now();
     int state = lua_upvalueindex(1);
 
+    if (ms->class_version != S->class_version)
+        ms_refresh_modes(L, S, ms, L_MAP);
     if (ms->npaused > 0)
         resume_paused(L, ms, now, &wait_us);
 
@@ -874,6 +942,7 @@ static const luaL_Reg loop_funcs[] = {
     {"add_channel", lchan_add_channel},
     {"del_channel", lchan_del_channel},
     {"update_interest", lchan_update},
+    {"chan_newindex", lchan_newindex},
     {NULL, NULL}
 };
 
