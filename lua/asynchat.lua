@@ -9,7 +9,7 @@
 local asyncore = require "asyncore"
 local core = require "asyncore.core"
 
-local type, error, format, tostring = type, error, string.format, tostring
+local type, error, format, tostring, rawset = type, error, string.format, tostring, rawset
 
 local M = {}
 M._VERSION = asyncore._VERSION
@@ -24,7 +24,7 @@ for name, fn in pairs(core.chat) do async_chat[name] = fn end
 
 --- `async_chat(sock, map)`: both optional, as for dispatcher.
 function async_chat:init(sock, map)
-  self._chat = core.chat_new()
+  rawset(self, "_chat", core.chat_new())
   asyncore.dispatcher.init(self, sock, map)
 end
 

@@ -16,6 +16,8 @@ local Object = require "asyncore.class"
 local type, tostring, pcall, error, pairs, ipairs, getmetatable, setmetatable =
   type, tostring, pcall, error, pairs, ipairs, getmetatable, setmetatable
 local io_type, io_stderr, print = io.type, io.stderr, print
+-- the library's own fields go in with rawset: no dispatcher.__newindex call
+local rawset = rawset
 local format, concat = string.format, table.concat
 
 local M = {}
@@ -160,7 +162,7 @@ end
 function dispatcher:init(sock, map)
   if map ~= nil then
     checkmap(map, 2, "dispatcher")
-    self._map = map
+    rawset(self, "_map", map)
   end
   if sock ~= nil then
     if not is_socket(sock) then
@@ -168,12 +170,12 @@ function dispatcher:init(sock, map)
     end
     sock:setblocking(false)
     self:set_socket(sock, map)
-    self.connected = true
+    rawset(self, "connected", true)
     local ok, addr = pcall(sock.getpeername, sock)
     if ok then
-      self.addr = addr
+      rawset(self, "addr", addr)
     elseif M.is_error(addr, "ENOTCONN") or M.is_error(addr, "EINVAL") then
-      self.connected = false          -- an unconnected socket
+      rawset(self, "connected", false)          -- an unconnected socket
     else
       self:del_channel(map)
       error(addr, 0)
@@ -204,7 +206,7 @@ end
 --- Create the channel's socket (default AF_INET, SOCK_STREAM) and join the map.
 function dispatcher:create_socket(family, stype)
   local sock = core.socket(family, stype)
-  self.family_and_type = { family or M.AF_INET, stype or M.SOCK_STREAM }
+  rawset(self, "family_and_type", { family or M.AF_INET, stype or M.SOCK_STREAM })
   self:set_socket(sock)
 end
 
@@ -213,7 +215,7 @@ function dispatcher:set_socket(sock, map)
     argerror(1, "set_socket", "asyncore.socket expected, got " .. type(sock))
   end
   checkmap(map, 2, "set_socket")
-  self.socket = sock
+  rawset(self, "socket", sock)
   self:add_channel(map)
 end
 
@@ -225,7 +227,7 @@ end
 
 function dispatcher:listen(num)
   local s = sockof(self, "listen")
-  self.accepting = true
+  rawset(self, "accepting", true)
   local r = s:listen(num)
   update_interest(self)
   return r
@@ -235,18 +237,18 @@ function dispatcher:bind(addr, port)
   local s = sockof(self, "bind")
   local r = s:bind(addr, port)
   if port ~= nil then addr = { addr, port } end
-  self.addr = addr
+  rawset(self, "addr", addr)
   return r
 end
 
 --- Start a non-blocking connect; `handle_connect` runs when it completes.
 function dispatcher:connect(addr, port)
   local s = sockof(self, "connect")
-  self.connected = false
-  self.connecting = true
+  rawset(self, "connected", false)
+  rawset(self, "connecting", true)
   local done = s:connect(addr, port)
   if port ~= nil then addr = { addr, port } end
-  self.addr = addr
+  rawset(self, "addr", addr)
   if done then
     self:handle_connect_event()
   else
@@ -255,9 +257,9 @@ function dispatcher:connect(addr, port)
 end
 
 function dispatcher:close()
-  self.connected = false
-  self.accepting = false
-  self.connecting = false
+  rawset(self, "connected", false)
+  rawset(self, "accepting", false)
+  rawset(self, "connecting", false)
   self:del_channel()
   local s = self.socket
   if s ~= nil then s:close() end
@@ -328,7 +330,7 @@ file_dispatcher.__name = "asyncore.file_dispatcher"
 --- `file_dispatcher(fd_or_file [, map])`: works on a duplicate of the descriptor.
 function file_dispatcher:init(fd, map)
   dispatcher.init(self, nil, map)
-  self.connected = true
+  rawset(self, "connected", true)
   if io_type(fd) then
     fd = core.fileno_of(fd)
   elseif math.type(fd) ~= "integer" then
@@ -338,7 +340,7 @@ function file_dispatcher:init(fd, map)
 end
 
 function file_dispatcher:set_file(fd)
-  self.socket = core.wrapfd(fd)
+  rawset(self, "socket", core.wrapfd(fd))
   self:add_channel()
 end
 

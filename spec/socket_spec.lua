@@ -64,6 +64,23 @@ describe("asyncore.socket", function()
     a:close(); b:close()
   end)
 
+  it("gives IPv4 addresses as dotted quads, octets of one to three digits", function()
+    for _, host in ipairs { "127.0.0.1", "127.10.200.3", "127.255.99.100", "127.1.22.255", "0.0.0.0" } do
+      local s = asyncore.socket("inet", "dgram")
+      s:bind { host, 0 }
+      local a = s:getsockname()
+      assert.equal(host, a[1])
+      local b = asyncore.socket("inet", "dgram")
+      b:bind { "127.0.0.1", 0 }
+      if host ~= "0.0.0.0" then
+        assert.equal(1, b:sendto("x", a))
+        local _, from = retry(function() return s:recvfrom(10) end)
+        assert.same(b:getsockname(), from)
+      end
+      s:close(); b:close()
+    end
+  end)
+
   it("gives the data and no address for recvfrom on a stream socket", function()
     local l, port = H.listener()
     local c = asyncore.socket()

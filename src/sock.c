@@ -294,12 +294,33 @@ int sock_addr_unix(const char *path, size_t len, ac_sockaddr *a)
     return 0;
 }
 
+/* dotted quad of an IPv4 address into buf (at least 16 bytes): what
+** inet_ntop writes, at a fraction of its cost (every accept formats one) */
+static void ipv4_text(const struct in_addr *in, char *buf)
+{
+    const unsigned char *b = (const unsigned char *)in;
+    char *p = buf;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = '.';
+    }
+    p[-1] = '\0';
+}
+
 int sock_addr_host(const ac_sockaddr *a, char *buf, size_t buflen)
 {
     buf[0] = '\0';
     if (a->ss.ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
-        inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)buflen);
+        if (buflen >= 16)
+            ipv4_text(&sin->sin_addr, buf);
+        else
+            inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)buflen);
         return ntohs(sin->sin_port);
     }
     if (a->ss.ss_family == AF_INET6) {
