@@ -32,6 +32,8 @@ typedef struct ac_state {
     int ntimers;            /* timers armed now */
     uint32_t gen;           /* last registration generation handed out */
     uint32_t class_version; /* bumped by class.lua whenever a class changes */
+    uint32_t pred_version;  /* bumped when a class's readable, writable or
+                               handle_read/write_event changes */
 } ac_state;
 
 struct ac_mapstate;
@@ -89,7 +91,7 @@ typedef struct ac_mapstate {
     int ncustom, capcustom;
     int npaused;                /* listeners resting after EMFILE */
     int nsocks;
-    uint32_t class_version;     /* the class version the channels' modes were read at */
+    uint32_t pred_version;      /* the pred_version the channels' modes were read at */
 } ac_mapstate;
 
 #define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))
@@ -172,6 +174,9 @@ void ac_loop_open(lua_State *L, int st, int mt);
 void ac_timer_open(lua_State *L, int st, int mt);
 int ac_timers_run(lua_State *L, ac_state *S, int msgh);
 int64_t ac_timers_wait_us(ac_state *S, ac_monotime now, int64_t wait_us);
+/* lloop.c: is the value at idx "readable", "writable", "handle_read_event" or
+** "handle_write_event" (the methods a channel's mode is read from)? */
+int ac_is_mode_key(lua_State *L, int idx);
 
 /* lchan.c */
 void ac_chan_open(lua_State *L, int st, int mt);

@@ -354,6 +354,15 @@ static void check_map_arg(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
 }
 
+/* is the value at idx the name of a method that makes up a channel's mode? */
+int ac_is_mode_key(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TSTRING &&
+           (lua_rawequal(L, idx, KEY(K_READABLE)) || lua_rawequal(L, idx, KEY(K_WRITABLE)) ||
+            lua_rawequal(L, idx, KEY(K_HANDLE_READ_EVENT)) ||
+            lua_rawequal(L, idx, KEY(K_HANDLE_WRITE_EVENT)));
+}
+
 /*
 ** Read which of the channel's predicates and event methods are the stock ones
 ** (its mode) and set its registration to match: stock channels get their
@@ -387,12 +396,12 @@ static int ms_apply_mode(lua_State *L, int chan, ac_mapstate *ms, ac_socket *s, 
 }
 
 /*
-** A class changed since the modes of this map's channels were read (a method
-** set on a class, or a class made): read them again. Runs before a pass.
+** A predicate or event method was set on a class since the modes of this
+** map's channels were read: read them again. Runs before a pass.
 */
 static void ms_refresh_modes(lua_State *L, ac_state *S, ac_mapstate *ms, int map)
 {
-    ms->class_version = S->class_version;
+    ms->pred_version = S->pred_version;
     int top = lua_gettop(L);
     for (int fd = 0; fd < ms->nregs; fd++) {
         ac_socket *s = ms->socks[fd];
@@ -421,10 +430,7 @@ static int lchan_newindex(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 3);
-    int watched = lua_type(L, 2) == LUA_TSTRING &&
-                  (lua_rawequal(L, 2, KEY(K_READABLE)) || lua_rawequal(L, 2, KEY(K_WRITABLE)) ||
-                   lua_rawequal(L, 2, KEY(K_HANDLE_READ_EVENT)) ||
-                   lua_rawequal(L, 2, KEY(K_HANDLE_WRITE_EVENT)));
+    int watched = ac_is_mode_key(L, 2);
     lua_rawset(L, 1);
     if (watched) {
         ac_socket *s = ac_chansock(L, 1);
@@ -765,7 +771,7 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     ac_monotime now = clock_now();
     int state = lua_upvalueindex(1);
 
-    if (ms->class_version != S->class_version)
+    if (ms->pred_version != S->pred_version)
         ms_refresh_modes(L, S, ms, L_MAP);
     if (ms->npaused > 0)
         resume_paused(L, ms, now, &wait_us);

@@ -311,10 +311,18 @@ static int ltimer_pending(lua_State *L)
     return 1;
 }
 
-/* core.class_changed(): asyncore.class calls it whenever a class changes */
+/*
+** core.class_changed([key]): asyncore.class calls it whenever a class changes
+** (key: the field set; none when a class is made). A new class changes no
+** channel's mode, so only a predicate or event method set makes the loop
+** read the modes of its channels again.
+*/
 static int lcore_class_changed(lua_State *L)
 {
-    STATE(L)->class_version++;
+    ac_state *S = STATE(L);
+    S->class_version++;
+    if (ac_is_mode_key(L, 1))
+        S->pred_version++;
     return 0;
 }
 

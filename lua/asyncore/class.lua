@@ -47,7 +47,7 @@ local function set_field(cls, k, v)
   end
   rawset(meta[cls].own, k, v)
   refresh(cls, k)
-  class_changed()
+  class_changed(k)
 end
 
 local function call(cls, ...)
