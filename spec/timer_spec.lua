@@ -55,11 +55,20 @@ describe("timers", function()
     assert.is_false(fired)
   end)
 
+  -- Every timer is checked for firing early. Lateness is judged on the median of eight
+  -- timers, with a wide bound on the worst one: this machine is a VM whose own jitter
+  -- (a plain C select() of 2.5 ms was once 3.4 ms late in 3,000 tries, and ASan runs of
+  -- the suite saw single 5-17 ms stalls) would otherwise fail a strict bound at random,
+  -- while a loop that overslept (coarse rounding, a wait not bounded by the timer)
+  -- moves the median.
   for _, backend in ipairs(asyncore.backends()) do
-    it("are never late by more than a few milliseconds, and never early (" .. backend .. ")", function()
+    it("are never early, and late by well under a millisecond typically (" .. backend .. ")", function()
       -- fractions of a millisecond too: waits are timed to the microsecond
-      local delays = { 0.01, 0.0125, 0.0301, 0.05 }
+      local delays = { 0.0043, 0.0101, 0.0127, 0.0171, 0.0233, 0.0302, 0.0368, 0.0419 }
       local late = {}
+      -- the garbage of the specs before (tens of MiB) is collected now, not by a GC
+      -- step in the middle of this one: what is measured is the loop, not the collector
+      collectgarbage()
       local t0 = H.now()
       for i, d in ipairs(delays) do
         asyncore.call_later(d, function() late[i] = H.now() - t0 - d end)
@@ -67,8 +76,12 @@ describe("timers", function()
       asyncore.loop { backend = backend }
       for i = 1, #delays do
         assert.is_true(late[i] >= 0, "early by " .. -late[i])
-        assert.is_true(late[i] < (slow and 0.05 or 0.005), ("late by %.4f s"):format(late[i]))
       end
+      local sorted = { table.unpack(late) }
+      table.sort(sorted)
+      local median, worst = (sorted[4] + sorted[5]) / 2, sorted[#sorted]
+      assert.is_true(median < (slow and 0.02 or 0.0015), ("median lateness %.4f s"):format(median))
+      assert.is_true(worst < (slow and 0.1 or 0.025), ("late by %.4f s"):format(worst))
     end)
   end
 
