@@ -1,5 +1,6 @@
 """The echo server of `make bench`, written with Python 3.11's asyncore: the
-design lua-asyncore ports, as the yardstick.  usage: python3 py_echo_server.py HOST PORT"""
+design lua-asyncore ports, as the yardstick. The interop spec talks to it too.
+usage: python3 py_echo_server.py HOST PORT   (PORT 0: any free port; prints "port N")"""
 import sys
 import warnings
 
@@ -27,5 +28,6 @@ class EchoServer(asyncore.dispatcher):
         EchoHandler(sock)
 
 
-EchoServer(sys.argv[1], int(sys.argv[2]))
+server = EchoServer(sys.argv[1], int(sys.argv[2]))
+print("port", server.socket.getsockname()[1], flush=True)
 asyncore.loop()

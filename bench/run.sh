@@ -18,7 +18,7 @@ measure() {
   name=$1 conns=$2 port=$(free_port)
   case $name in
     lua) $PIN1 lua5.4 examples/echo_server.lua 127.0.0.1 "$port" 2>/dev/null & ;;
-    py)  $PIN1 python3 bench/py_echo_server.py 127.0.0.1 "$port" & ;;
+    py)  $PIN1 python3 bench/py_echo_server.py 127.0.0.1 "$port" >/dev/null & ;;
   esac
   pid=$!
   i=0

@@ -5,7 +5,7 @@ describe("interop with Python 3.11's asyncore", function()
   after_each(function() asyncore.close_all() end)
 
   it("our client talks to a Python asyncore echo server", function()
-    local py = H.spawn("python3 spec/peers/py_echo_server.py", 30)
+    local py = H.spawn("python3 bench/py_echo_server.py 127.0.0.1 0", 30)
     local port = tonumber(py.wait_line("port (%d+)"))
     local blob = H.blob(1024 * 1024, 99)
     local C = asyncore.dispatcher_with_send:extend()

@@ -395,6 +395,12 @@ static int ms_apply_mode(lua_State *L, int chan, ac_mapstate *ms, ac_socket *s, 
     return err;
 }
 
+/* raise what ms_apply_mode returned: the poller's refusal, or `op` out of memory */
+static int raise_mode_error(lua_State *L, ac_mapstate *ms, int fd, int err, int mask, const char *op)
+{
+    return mask ? raise_setmask(L, ms->p.ops->name, fd, err) : ac_raise(L, op, err);
+}
+
 /*
 ** A predicate or event method was set on a class since the modes of this
 ** map's channels were read: read them again. Runs before a pass.
@@ -412,10 +418,8 @@ static void ms_refresh_modes(lua_State *L, ac_state *S, ac_mapstate *ms, int map
             continue;
         int mask;
         int err = ms_apply_mode(L, top + 1, ms, s, &mask);
-        if (err && mask)
-            raise_setmask(L, ms->p.ops->name, fd, err);
-        else if (err)
-            ac_raise(L, "loop", err);
+        if (err)
+            raise_mode_error(L, ms, fd, err, mask, "loop");
     }
     lua_settop(L, top);
 }
@@ -437,10 +441,8 @@ static int lchan_newindex(lua_State *L)
         if (s != NULL && s->ms != NULL && !sock_isclosed(s)) {
             int mask;
             int err = ms_apply_mode(L, 1, s->ms, s, &mask);
-            if (err && mask)
-                return raise_setmask(L, s->ms->p.ops->name, s->fd, err);
             if (err)
-                return ac_raise(L, "__newindex", err);
+                return raise_mode_error(L, s->ms, s->fd, err, mask, "__newindex");
         }
     }
     return 0;
@@ -489,7 +491,7 @@ static int lchan_add_channel(lua_State *L)
     err = ms_apply_mode(L, 1, ms, s, &mask);
     if (err) {
         ms_unregister(ms, s);
-        return mask ? raise_setmask(L, ms->p.ops->name, fd, err) : ac_raise(L, "add_channel", err);
+        return raise_mode_error(L, ms, fd, err, mask, "add_channel");
     }
     lua_pushvalue(L, 1);
     lua_rawseti(L, 2, fd);
