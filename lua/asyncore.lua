@@ -42,6 +42,8 @@ M.is_error = core.is_error
 M.backends = core.backends
 M.call_later = core.call_later
 M.call_every = core.call_every
+--- The monotonic clock of the timers, in seconds (a float): `timer.deadline` is on it.
+M.now = core.now
 M.Object = Object
 
 --- Where an error in a timer callback goes; a script may replace it.
@@ -122,6 +124,7 @@ function M.close_all(map, ignore_all)
     end
   end
   for k in pairs(map) do map[k] = nil end
+  core.release_map(map)      -- the map's epoll/kqueue descriptor too
 end
 
 ---------------------------------------------------------------------------

@@ -61,6 +61,12 @@ function H.fd_count()
   return n
 end
 
+--- Is the socket object closed? (every method of a closed socket but close
+-- raises, fileno included)
+function H.closed(sock)
+  return tostring(sock) == "asyncore.socket (closed)" and not pcall(sock.fileno, sock)
+end
+
 --- A listening stream socket on a free loopback port: sock, port.
 function H.listener(family, host)
   local s = asyncore.socket(family or "inet", "stream")

@@ -45,7 +45,7 @@ for _, backend in ipairs(asyncore.backends()) do
         reads = reads + 1
         self:recv(100)
         local other = self.other
-        if other.socket:fileno() >= 0 then
+        if not H.closed(other.socket) then
           local fd = other:fileno()
           other:close()
           -- lower free numbers are taken first: fill them until fd comes back
@@ -91,7 +91,7 @@ for _, backend in ipairs(asyncore.backends()) do
       asyncore.loop { timeout = 5, backend = backend }
       assert.is_true(H.now() - t0 < 2)
       assert.is_nil(next(asyncore.socket_map))
-      assert.equal(-1, c.socket:fileno())
+      assert.is_true(H.closed(c.socket))
       peer:close()
     end)
 
@@ -103,7 +103,7 @@ for _, backend in ipairs(asyncore.backends()) do
       local ok, err = pcall(asyncore.loop, { timeout = 1, backend = backend })
       assert.is_false(ok)
       assert.equal(asyncore.ExitNow, err)
-      assert.is_true(c.socket:fileno() >= 0, "ExitNow must not close the channel")
+      assert.is_true(not H.closed(c.socket), "ExitNow must not close the channel")
       peer:close()
     end)
 
@@ -129,7 +129,7 @@ for _, backend in ipairs(asyncore.backends()) do
       local c, peer = pair(C)
       H.run_until(function() return caught end, 5, opts)
       assert.matches("predicate failed", caught)
-      assert.equal(-1, c.socket:fileno())
+      assert.is_true(H.closed(c.socket))
       peer:close()
     end)
 
@@ -140,7 +140,7 @@ for _, backend in ipairs(asyncore.backends()) do
       local c, peer = pair(C)
       local t = asyncore.call_later(0.05, function() end)
       local out = {}
-      H.run_until(function() return c.socket:fileno() == -1 end, 5, opts)
+      H.run_until(function() return H.closed(c.socket) end, 5, opts)
       assert.is_nil(next(asyncore.socket_map))
       t:cancel()
       peer:close()
@@ -160,7 +160,7 @@ for _, backend in ipairs(asyncore.backends()) do
         end
       end
       local c, peer = pair(C)
-      H.run_until(function() return c.socket:fileno() == -1 end, 5, opts)
+      H.run_until(function() return H.closed(c.socket) end, 5, opts)
       assert.equal(1, nested)
       peer:close()
     end)
@@ -248,8 +248,8 @@ describe("the loop", function()
   end)
 
   it("leaves no descriptor open after close_all", function()
+    asyncore.close_all()
     collectgarbage(); collectgarbage()
-    asyncore.loop { count = 1, timeout = 0 }
     local before = H.fd_count()
     local server = asyncore.dispatcher()
     server:create_socket()
@@ -265,6 +265,30 @@ describe("the loop", function()
     assert.is_nil(next(asyncore.socket_map))
     collectgarbage(); collectgarbage()
     assert.equal(before, H.fd_count())
+  end)
+
+  it("close_all releases the map's poller descriptor; a later loop makes a new one", function()
+    collectgarbage(); collectgarbage()
+    local before = H.fd_count()
+    for _, backend in ipairs(asyncore.backends()) do
+      local m = {}
+      local server = asyncore.dispatcher(nil, m)
+      server:create_socket()
+      server:bind { "127.0.0.1", 0 }
+      server:listen(5)
+      asyncore.loop { count = 1, timeout = 0, map = m, backend = backend }
+      asyncore.close_all(m)
+      -- no garbage collection in between: the map (still referenced) holds nothing open
+      assert.equal(before, H.fd_count(), backend)
+      local d = asyncore.dispatcher(nil, m)
+      d:create_socket()
+      d:bind { "127.0.0.1", 0 }
+      d:listen(5)
+      asyncore.loop { count = 1, timeout = 0, map = m, backend = backend }
+      assert.equal(backend, require("asyncore.core").map_backend(m))
+      asyncore.close_all(m)
+      assert.equal(before, H.fd_count(), backend)
+    end
   end)
 
   it("close_all re-raises errors unless ignore_all", function()

@@ -6,6 +6,17 @@ local slow = os.getenv("AC_VALGRIND") ~= nil   -- under valgrind everything is ~
 describe("timers", function()
   after_each(function() asyncore.close_all() end)
 
+  it("asyncore.now() is the monotonic clock of the deadlines, in seconds", function()
+    assert.equal("function", type(asyncore.now))
+    local t0 = asyncore.now()
+    assert.equal("float", math.type(t0))
+    local t = asyncore.call_later(0.05, function() end)
+    assert.is_true(t.deadline >= t0 + 0.05 and t.deadline < asyncore.now() + 0.05 + 1e-9)
+    asyncore.loop()
+    assert.is_true(asyncore.now() >= t.deadline)
+    assert.is_true(asyncore.now() - t0 < 5)
+  end)
+
   it("fire in deadline order, equal deadlines in the order they were armed", function()
     local order, armed = {}, {}
     local function arm(name, delay)

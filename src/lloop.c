@@ -174,9 +174,9 @@ static int ms_grow(ac_mapstate *ms, int fd)
     return 0;
 }
 
-static int ms_gc(lua_State *L)
+/* release everything a map state holds; it is left empty (idempotent) */
+static void ms_free(ac_mapstate *ms)
 {
-    ac_mapstate *ms = luaL_checkudata(L, 1, MAPSTATE_MT);
     for (int fd = 0; fd < ms->nregs; fd++) {
         ac_socket *s = ms->socks[fd];
         if (s) {
@@ -192,6 +192,11 @@ static int ms_gc(lua_State *L)
     free(ms->socks);
     free(ms->custom);
     memset(ms, 0, sizeof *ms);
+}
+
+static int ms_gc(lua_State *L)
+{
+    ms_free(luaL_checkudata(L, 1, MAPSTATE_MT));
     return 0;
 }
 
@@ -918,6 +923,29 @@ static int lloop_loop(lua_State *L)
     return 0;
 }
 
+/*
+** core.release_map(map): close the map state's poller and forget the state
+** (close_all calls it once the map is empty), so no descriptor of the library
+** stays open; the next loop() on the map makes a new one. Channels still
+** registered (a close() that failed) are unregistered first.
+*/
+static int lloop_release_map(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_getiuservalue(L, lua_upvalueindex(1), UV_MAPS);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, 2);
+    ac_mapstate *ms = luaL_testudata(L, -1, MAPSTATE_MT);
+    if (ms == NULL)
+        return 0;
+    ms_free(ms);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, 2);
+    return 0;
+}
+
 /* core.backends(): the compiled backends, best first */
 static int lloop_backends(lua_State *L)
 {
@@ -947,6 +975,7 @@ static const luaL_Reg loop_funcs[] = {
     {"loop", lloop_loop},
     {"backends", lloop_backends},
     {"map_backend", lloop_map_backend},
+    {"release_map", lloop_release_map},
     {"add_channel", lchan_add_channel},
     {"del_channel", lchan_del_channel},
     {"update_interest", lchan_update},

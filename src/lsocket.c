@@ -255,9 +255,7 @@ int lsocket_wrapfd(lua_State *L)
 
 static int lsock_fileno(lua_State *L)
 {
-    ac_socket *s = ac_tosock(L, 1);
-    if (s == NULL)
-        return luaL_typeerror(L, 1, "asyncore.socket");
+    ac_socket *s = ac_checksock(L, 1, "fileno");
     lua_pushinteger(L, s->fd);
     return 1;
 }
