@@ -146,9 +146,16 @@ function H.spawn(cmd, limit)
     end, seconds or 10)
     return cap
   end
+  --- Is it still running? A zombie is not: the process that reaps the
+  -- orphan (init here) may take a second to do so.
   function h.running()
     local p = h.pid()
-    return p and os.execute("kill -0 " .. p .. " 2>/dev/null") == true
+    local f = p and io.open("/proc/" .. p .. "/stat")
+    if not f then return false end
+    local stat = f:read("a")
+    f:close()
+    local state = stat:match("^%d+ %(.*%) (%a)")
+    return state ~= nil and state ~= "Z" and state ~= "X"
   end
   --- Wait until the process has exited (driving the loop meanwhile).
   function h.wait_exit(seconds)

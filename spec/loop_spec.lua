@@ -165,6 +165,19 @@ for _, backend in ipairs(asyncore.backends()) do
       peer:close()
     end)
 
+    it("leaves an idle loop at once on Ctrl-C (SIGINT)", function()
+      local p = H.spawn(H.LUA .. " spec/peers/idle_loop.lua " .. backend .. " 30", 20)
+      local pid = p.wait_line("ready pid (%d+)", 10)
+      H.run_for(0.2)                      -- it is waiting now, with nothing to do
+      local t0 = H.now()
+      os.execute("kill -INT " .. pid)
+      H.run_until(function() return not p.running() end, 10)
+      local took = H.now() - t0
+      assert.matches("interrupted!", p.output())
+      assert.is_true(took < 1, ("took %.2f s"):format(took))
+      p.kill()
+    end)
+
     it("keeps serving with a listener that ran out of descriptors", function()
       local p = H.spawn("sh -c 'ulimit -n 24; exec " .. H.LUA ..
         " spec/peers/emfile_server.lua 30'", 20)

@@ -768,6 +768,27 @@ static void resume_paused(lua_State *L, ac_mapstate *ms, ac_monotime now, int64_
     }
 }
 
+static int noop(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+/*
+** A signal handler may have asked Lua to stop: the standalone interpreter's
+** Ctrl-C handler sets a hook that raises "interrupted!" at the next Lua call.
+** While the loop waits in C no Lua call comes, so make one: a hook that is
+** pending runs now (and may raise, leaving the loop); without a hook this
+** costs a test.
+*/
+static void run_pending_hook(lua_State *L)
+{
+    if (lua_gethook(L) != NULL) {
+        lua_pushcfunction(L, noop);
+        lua_call(L, 0, 0);
+    }
+}
+
 /*
 ** One pass over map state ms (at L_MS). Returns 1 with the value to re-raise
 ** on top when the loop must end with an error, else 0. Runs Lua code.
@@ -824,8 +845,11 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     struct ac_fired *fired = pass_scratch(L, max);
     int top = lua_gettop(L);
     int nout = 0;
+    run_pending_hook(L);   /* a Ctrl-C that came while Lua ran no code */
     int err = ms->p.ops->wait(&ms->p, wait_us, fired, max, &nout);
-    if (err)
+    if (err == EINTR)
+        run_pending_hook(L);   /* a Ctrl-C that cut the wait short */
+    else if (err)
         return ac_raise(L, ms->p.ops->name, err);
 
     for (int i = 0; i < nout; i++) {

@@ -37,7 +37,8 @@ struct poller_ops {
     ** timeout_us < 0 waits without limit. Backends wait at least timeout_us
     ** (rounding up where the system call counts coarser units), so a timer is
     ** never run early, and no longer than the kernel's granularity demands.
-    ** Fills out[0..*nout).
+    ** Fills out[0..*nout). A wait cut short by a signal returns EINTR
+    ** (with *nout = 0), so the caller can act on it.
     */
     int  (*wait)(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout);
     void (*close)(struct poller *p);

@@ -93,7 +93,7 @@ static int ep_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, i
         n = epoll_wait(e->epfd, e->ev, max, POLLER_MS(timeout_us));
     *nout = 0;
     if (n < 0)
-        return errno == EINTR ? 0 : errno;
+        return errno;   /* EINTR too: the loop looks for a pending Ctrl-C */
     for (int i = 0; i < n; i++) {
         uint32_t ev = e->ev[i].events;
         out[i].fd = (int)(uint32_t)e->ev[i].data.u64;

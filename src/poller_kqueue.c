@@ -79,7 +79,7 @@ static int kq_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, i
     int n = kevent(k->kq, NULL, 0, k->ev, max > 0 ? max : 1, tsp);
     *nout = 0;
     if (n < 0)
-        return errno == EINTR ? 0 : errno;
+        return errno;   /* EINTR too: the loop looks for a pending Ctrl-C */
     int m = 0;
     for (int i = 0; i < n; i++) {
         const struct kevent *e = &k->ev[i];

@@ -90,7 +90,7 @@ static int pl_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, i
 #endif
     *nout = 0;
     if (n < 0)
-        return errno == EINTR ? 0 : errno;
+        return errno;   /* EINTR too: the loop looks for a pending Ctrl-C */
     int k = 0;
     for (int i = 0; i < q->n && k < n && k < max; i++) {
         short r = q->pfd[i].revents;

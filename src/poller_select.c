@@ -62,7 +62,7 @@ static int sl_wait(struct poller *p, int64_t timeout_us, struct ac_fired *out, i
     int n = select(s->maxfd + 1, &s->r, &s->w, &s->e, tvp);
     *nout = 0;
     if (n < 0)
-        return errno == EINTR ? 0 : errno;
+        return errno;   /* EINTR too: the loop looks for a pending Ctrl-C */
     int k = 0;
     for (int fd = 0; fd <= s->maxfd && n > 0 && k < max; fd++) {
         unsigned ev = (FD_ISSET(fd, &s->r) ? AC_EV_READ : 0) | (FD_ISSET(fd, &s->w) ? AC_EV_WRITE : 0) |
