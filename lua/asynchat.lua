@@ -37,11 +37,12 @@ function async_chat:handle_close()
   self:close()
 end
 
---- More than max_in_buffer bytes arrived without a terminator: log and close.
+--- More than max_in_buffer bytes arrived without a terminator: log, then
+-- end like every other path that ends a connection, in handle_close().
 function async_chat:handle_overflow()
   self:log_info(format("more than %d bytes buffered without a terminator; closing %s",
     self.max_in_buffer, tostring(self)), "error")
-  self:close()
+  self:handle_close()
 end
 
 M.async_chat = async_chat

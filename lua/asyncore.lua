@@ -280,12 +280,16 @@ function dispatcher:log_info(message, mtype)
   end
 end
 
+local discard_urgent = core.discard_urgent
+
 function dispatcher:handle_expt_event()
   local s = sockof(self, "handle_expt_event")
   if s:getsockopt("error") ~= 0 then
     self:handle_close()
   else
     self:handle_expt()
+    -- an urgent byte left unread would fire this event on every pass
+    discard_urgent(s)
   end
 end
 
@@ -297,7 +301,14 @@ function dispatcher:handle_error(err, traceback)
   self:handle_close()
 end
 
-function dispatcher:handle_expt() self:log_info("unhandled incoming priority event", "warning") end
+--- Urgent (out-of-band) data arrived: the default drops it and warns once.
+function dispatcher:handle_expt()
+  discard_urgent(sockof(self, "handle_expt"))
+  if not rawget(self, "_expt_warned") then
+    rawset(self, "_expt_warned", true)
+    self:log_info("unhandled incoming priority event", "warning")
+  end
+end
 function dispatcher:handle_read() self:log_info("unhandled read event", "warning") end
 function dispatcher:handle_write() self:log_info("unhandled write event", "warning") end
 function dispatcher:handle_connect() self:log_info("unhandled connect event", "warning") end

@@ -352,6 +352,23 @@ describe("asynchat", function()
     peer:close()
   end)
 
+  it("ends the default handle_overflow in handle_close, once, so the script's cleanup runs", function()
+    local L = asynchat.async_chat:extend()
+    local closes, logged = 0, 0
+    function L:found_terminator() end
+    function L:log_info() logged = logged + 1 end
+    function L:handle_close() closes = closes + 1; self:close() end
+    local c, peer = chat_pair(L)
+    c.max_in_buffer = 1000
+    c:set_terminator("\n")
+    peer:send(("x"):rep(5000))
+    H.run_until(function() return H.closed(c.socket) end, 5)
+    H.run_for(0.05)
+    assert.equal(1, closes)
+    assert.equal(1, logged)
+    peer:close()
+  end)
+
   it("has no limit with max_in_buffer = false", function()
     local L = asynchat.async_chat:extend()
     function L:found_terminator() end

@@ -471,6 +471,46 @@ import time; time.sleep(2)
       os.remove(f)
     end)
 
+    -- one urgent byte, then the client stays: the default handle_expt must
+    -- consume it (and warn once), and an override that does not must not make
+    -- the event fire on every pass either
+    for _, variant in ipairs { "default", "override" } do
+      it_oob("does not fire an unhandled priority event forever (" .. variant .. " handle_expt)", function()
+        local script = [[
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.send(b"!", socket.MSG_OOB)
+time.sleep(3)
+]]
+        local f = os.tmpname()
+        local h = io.open(f, "w"); h:write(script); h:close()
+        local L = asyncore.dispatcher:extend()
+        local calls, warnings, chan = 0, 0, nil
+        local C = asyncore.dispatcher:extend()
+        function C:writable() return false end
+        function C:handle_read() self:recv(10) end
+        function C:log_info(_, kind) if kind == "warning" then warnings = warnings + 1 end end
+        if variant == "default" then
+          function C:handle_expt() calls = calls + 1; asyncore.dispatcher.handle_expt(self) end
+        else
+          function C:handle_expt() calls = calls + 1 end
+        end
+        function L:handle_accepted(sock) chan = C(sock) end
+        local l = L()
+        l:create_socket()
+        l:bind { "127.0.0.1", 0 }
+        l:listen(5)
+        local p = H.spawn("python3 " .. f .. " " .. l.socket:getsockname()[2], 10)
+        H.run_until(function() return calls > 0 end, 8, opts)
+        H.run_for(0.3, opts)
+        assert.equal(1, calls)
+        if variant == "default" then assert.equal(1, warnings) end
+        assert.is_true(not H.closed(chan.socket))
+        p.kill()
+        os.remove(f)
+      end)
+    end
+
     it("gives the log and log_info output Python's asyncore gives", function()
       local d = asyncore.dispatcher()
       local out = H.capture([[lua5.4 -e 'package.path="lua/?.lua;"..package.path; package.cpath="./?.so;"..package.cpath

@@ -45,6 +45,7 @@ struct ac_mapstate;
 #define SF_ACCEPTED  0x08u  /* the last accept() on this listener returned a connection */
 #define SF_CONNECTING 0x10u /* a non-blocking connect is under way (cleared when it ends) */
 #define SF_CHAT_PENDING 0x20u /* its async_chat channel has output queued */
+#define SF_NOFD_LOGGED 0x40u  /* a listener said it ran out of descriptors (until an accept works) */
 
 /* channel modes, found at add_channel from the methods the channel has */
 #define CM_RD_CUSTOM 0x01u  /* readable() is a Lua method: ask it every pass */
@@ -159,6 +160,7 @@ void ac_socket_open(lua_State *L, int st, int mt);
 int lsocket_new(lua_State *L);
 int lsocket_wrapfd(lua_State *L);
 int lsocket_fileno_of(lua_State *L);
+int lsocket_discard_urgent(lua_State *L);
 int ac_accept(lua_State *L, ac_socket *s, int *errp);
 
 /* lloop.c */

@@ -15,8 +15,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include "lac.h"
 #include "clock.h"
+#include "errnames.h"
 
 #define ACCEPT_BATCH 64      /* connections taken per readiness event */
 #define ACCEPT_PAUSE 0.1     /* seconds a listener rests when out of descriptors */
@@ -209,8 +211,10 @@ static int lds_out_buffer_size(lua_State *L)
 
 /*
 ** dispatcher:accept(): sock, addr, or nil when no connection was pending.
-** Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): a warning, nil, and
-** the listener rests ACCEPT_PAUSE seconds instead of spinning or closing.
+** Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): nil, and the listener
+** rests ACCEPT_PAUSE seconds instead of spinning or closing. That is said
+** once per episode (until an accept works again) at "error", which the
+** default ignore_log_types shows, with the descriptor limit.
 */
 static int lchan_accept(lua_State *L)
 {
@@ -218,6 +222,7 @@ static int lchan_accept(lua_State *L)
     int err, n = ac_accept(L, s, &err);
     if (n) {
         s->flags |= SF_ACCEPTED;
+        s->flags &= ~SF_NOFD_LOGGED;
         return n;
     }
     if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
@@ -226,10 +231,18 @@ static int lchan_accept(lua_State *L)
             s->ms->npaused++;
             ac_update_interest(L, 1, s);
         }
-        lua_pushfstring(L, "accept: %s; not accepting for %d ms", strerror(err),
-                        (int)(ACCEPT_PAUSE * 1000));
-        lua_pushliteral(L, "warning");
-        ac_call_method(L, 1, K_LOG_INFO, 2);
+        if (!(s->flags & SF_NOFD_LOGGED)) {
+            s->flags |= SF_NOFD_LOGGED;
+            struct rlimit rl;
+            char limit[96] = "";
+            if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+                snprintf(limit, sizeof limit, "; this process may open %llu descriptors (ulimit -n)",
+                         (unsigned long long)rl.rlim_cur);
+            lua_pushfstring(L, "accept: %s (%s): not accepting new connections, retrying every %d ms%s",
+                            strerror(err), errnames_get(err) ? errnames_get(err) : "?", (int)(ACCEPT_PAUSE * 1000), limit);
+            lua_pushliteral(L, "error");
+            ac_call_method(L, 1, K_LOG_INFO, 2);
+        }
     } else if (err != EAGAIN && err != ECONNABORTED && err != EPROTO && err != EPERM) {
         return ac_raise(L, "accept", err);
     }

@@ -39,6 +39,7 @@ static const luaL_Reg core_funcs[] = {
     {"socket", lsocket_new},
     {"wrapfd", lsocket_wrapfd},
     {"fileno_of", lsocket_fileno_of},
+    {"discard_urgent", lsocket_discard_urgent},
     {"is_error", lerror_is_error},
     {NULL, NULL}
 };

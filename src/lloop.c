@@ -28,7 +28,6 @@
 #include "clock.h"
 
 #define MAPSTATE_MT "asyncore.mapstate"
-#define ACCEPT_PAUSE 0.1      /* seconds a listener rests after EMFILE and the like */
 
 /* stack slots of core.loop */
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,

@@ -251,6 +251,24 @@ int lsocket_wrapfd(lua_State *L)
     return 1;
 }
 
+/*
+** core.discard_urgent(sock): read and drop any urgent (out-of-band) byte
+** waiting on the socket, so its priority event stops firing. Nothing waiting,
+** a closed socket, or not a stream socket: nothing happens.
+*/
+int lsocket_discard_urgent(lua_State *L)
+{
+    ac_socket *s = ac_tosock(L, 1);
+    if (s == NULL)
+        return luaL_typeerror(L, 1, "asyncore.socket");
+    if (sock_isclosed(s) || (s->flags & SF_FILE) || s->type != SOCK_STREAM)
+        return 0;
+    char b[64];
+    while (recv(s->fd, b, sizeof b, MSG_OOB) > 0)
+        ;
+    return 0;
+}
+
 /* ---- methods ---- */
 
 static int lsock_fileno(lua_State *L)
