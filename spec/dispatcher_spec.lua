@@ -196,6 +196,81 @@ for _, backend in ipairs(asyncore.backends()) do
       assert.matches("uncaptured", logged.msg)
     end)
 
+    -- an error while a listener takes a new connection closes that connection
+    -- only, is logged, and the listener goes on serving
+    for _, where in ipairs { "handle_accepted before the channel", "handle_accepted after the channel",
+      "the channel's init", "handle_accept" } do
+      it("keeps the listener serving after an error in " .. where, function()
+        local Echo = asyncore.dispatcher_with_send:extend()
+        function Echo:handle_read()
+          local data = self:recv(100)
+          if #data > 0 then self:send(data) end
+        end
+        local Failing = Echo:extend()
+        function Failing:init(sock)
+          Echo.init(self, sock)
+          error("init failed")
+        end
+        local Server = asyncore.dispatcher:extend()
+        local n, logged, errors = 0, {}, 0
+        function Server:handle_error() errors = errors + 1 end
+        function Server:log_info(msg, kind) logged[#logged + 1] = { msg = msg, kind = kind } end
+        if where == "handle_accept" then
+          function Server:handle_accept()
+            local sock, addr = self:accept()
+            if not sock then return end
+            n = n + 1
+            if n == 1 then error("accept hook failed") end
+            self:handle_accepted(sock, addr)
+          end
+          function Server:handle_accepted(sock) Echo(sock) end
+        else
+          function Server:handle_accepted(sock)
+            n = n + 1
+            if n == 1 then
+              if where == "handle_accepted before the channel" then error("accepted failed") end
+              if where == "the channel's init" then return Failing(sock) end
+              Echo(sock)
+              error("accepted failed")
+            end
+            Echo(sock)
+          end
+        end
+        local server = Server()
+        server:create_socket()
+        server:bind { "127.0.0.1", 0 }
+        server:listen(5)
+        local port = server.socket:getsockname()[2]
+        local bad = asyncore.socket()
+        bad:connect { "127.0.0.1", port }
+        H.run_until(function() return n >= 1 end, 5, opts)
+        -- the failed connection is closed: its peer reads the end of stream
+        local eof = false
+        H.run_until(function()
+          local ok, d = pcall(bad.recv, bad, 10)
+          eof = not ok or d == ""
+          return eof
+        end, 5, opts)
+        bad:close()
+        -- the listener still serves
+        local good = echo_client(nil, { "127.0.0.1", port }, "ping")
+        H.run_until(function() return good.n == 4 end, 5, opts)
+        assert.equal("ping", table.concat(good.got))
+        assert.is_true(server.accepting)
+        assert.is_true(not H.closed(server.socket))
+        assert.equal(0, errors, "the listener's handle_error must not run")
+        assert.equal(1, #logged)
+        assert.equal("error", logged[1].kind)
+        assert.matches("failed", logged[1].msg)
+        assert.matches("127%.0%.0%.1:%d+", logged[1].msg)
+        -- only the listener, the good connection's two ends are in the map
+        local count = 0
+        for _ in pairs(asyncore.socket_map) do count = count + 1 end
+        assert.equal(3, count)
+        good:close()
+      end)
+    end
+
     it("returns '' from recv at end of stream after calling handle_close", function()
       local l, port = H.listener()
       local C = asyncore.dispatcher:extend()

@@ -21,7 +21,10 @@
 #pragma GCC visibility push(hidden)
 
 /* user values of the state userdata */
-enum { UV_MAPS = 1, UV_TIMERS, UV_EXITNOW, UV_MODULE, UV_SOCKETMAP, UV_WRAPMT, UV_COUNT = UV_WRAPMT };
+enum { UV_MAPS = 1, UV_TIMERS, UV_EXITNOW, UV_MODULE, UV_SOCKETMAP, UV_WRAPMT,
+       UV_MSGH,      /* the callbacks' message handler (see loop_msgh) */
+       UV_ACCEPTED,  /* the socket the last accept() returned, while handle_accept runs */
+       UV_COUNT = UV_ACCEPTED };
 
 typedef struct ac_state {
     char *rbuf;             /* the reused receive buffer */
@@ -154,6 +157,8 @@ ac_socket *ac_checksock(lua_State *L, int idx, const char *op);  /* open socket 
 ac_socket *ac_newsock(lua_State *L);                   /* pushes a closed socket */
 void ac_sock_close(lua_State *L, ac_socket *s);
 void ac_pushaddr(lua_State *L, const ac_sockaddr *a);
+/* the address as text: "127.0.0.1:80", "[::1]:80", or a Unix path */
+void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a);
 int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs);
 char *ac_rbuf(ac_state *S, size_t n);
 void ac_socket_open(lua_State *L, int st, int mt);
@@ -170,6 +175,13 @@ ac_socket *ac_chansock(lua_State *L, int chan);        /* the channel's socket o
 ac_socket *ac_checkchan(lua_State *L, int chan, const char *op);
 ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend);
 int ac_rawbool(lua_State *L, int t, enum ac_key k);
+/* push the message handler every callback runs under (ExitNow and Ctrl-C pass
+** through it, other errors come out wrapped with their traceback) */
+void ac_push_msgh(lua_State *L);
+/* is the value at idx a wrapped callback error? then push err, traceback */
+int ac_unwrap_error(lua_State *L, int idx);
+/* push the channel of socket s in the map it is registered in; 0 if none */
+int ac_push_channel_of(lua_State *L, ac_socket *s);
 void ac_loop_open(lua_State *L, int st, int mt);
 
 /* ltimer.c */

@@ -299,6 +299,92 @@ static ac_socket *same(lua_State *L, int chan, uint32_t gen)
 }
 
 /*
+** An error escaped handle_accept (or the handle_accepted it called, or the
+** new channel's constructor): err and traceback at e, e+1. Log it on the
+** listener and close the connection being accepted, if there is one (its
+** channel's close(), else the socket), so one bad connection never stops a
+** server; the listener's handle_error is not called.
+*/
+static void accept_failed(lua_State *L, int chan, int e)
+{
+    int top = lua_gettop(L);
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);   /* top+1 */
+    lua_pushnil(L);
+    lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);
+    ac_socket *ns = ac_tosock(L, top + 1);
+    if (ns && sock_isclosed(ns))
+        ns = NULL;
+    const char *what = luaL_tolstring(L, e, NULL);                   /* top+2 */
+    const char *tb = luaL_optstring(L, e + 1, "");
+    const char *peer = NULL;
+    ac_sockaddr a;
+    if (ns) {
+        if (sock_peername(ns->fd, &a) == 0)
+            ac_pushaddrtext(L, &a);
+        else
+            lua_pushliteral(L, "its peer");
+        peer = lua_tostring(L, -1);                                  /* top+3 */
+    }
+    ac_pushkey(L, K_LOG_INFO);
+    lua_gettable(L, chan);
+    lua_pushvalue(L, chan);
+    if (peer)
+        lua_pushfstring(L, "uncaptured error while accepting a connection, closing the connection from %s (%s)\n%s",
+                        peer, what, tb);
+    else
+        lua_pushfstring(L, "uncaptured error while accepting a connection (%s)\n%s", what, tb);
+    lua_pushliteral(L, "error");
+    ac_push_msgh(L);
+    lua_insert(L, -5);
+    int h = lua_gettop(L) - 4;
+    if (lua_pcall(L, 3, 0, h) != LUA_OK && !ac_unwrap_error(L, -1))
+        lua_error(L);                        /* ExitNow or Ctrl-C in log_info */
+    lua_settop(L, top + 1);
+    if (ns && !sock_isclosed(ns)) {
+        if (ac_push_channel_of(L, ns)) {     /* top+2: its channel */
+            ac_push_msgh(L);
+            ac_pushkey(L, K_CLOSE);
+            lua_gettable(L, top + 2);
+            lua_pushvalue(L, top + 2);
+            if (lua_pcall(L, 1, 0, top + 3) != LUA_OK && !ac_unwrap_error(L, -1))
+                lua_error(L);
+            lua_settop(L, top + 2);
+            if (ac_chansock(L, top + 2) == ns && ns->mapfd >= 0 && ns->ms) {
+                /* its close() failed: take it out of the map by hand */
+                ac_push_channel_of(L, ns);
+                lua_pop(L, 1);
+            }
+        }
+        ac_sock_close(L, ns);
+    }
+    lua_settop(L, top);
+}
+
+/*
+** Call chan:handle_accept() for a listener: an error in it closes only the
+** connection being accepted (accept_failed); ExitNow and Ctrl-C propagate.
+*/
+static void call_handle_accept(lua_State *L, int chan)
+{
+    lua_pushnil(L);
+    lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);
+    ac_push_msgh(L);
+    int h = lua_gettop(L);
+    ac_pushkey(L, K_HANDLE_ACCEPT);
+    lua_gettable(L, chan);
+    lua_pushvalue(L, chan);
+    if (lua_pcall(L, 1, 0, h) != LUA_OK) {
+        if (!ac_unwrap_error(L, -1))
+            lua_error(L);                    /* ExitNow, Ctrl-C, memory: leave as they are */
+        accept_failed(L, chan, h + 2);
+    } else {
+        lua_pushnil(L);
+        lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);
+    }
+    lua_settop(L, h - 1);
+}
+
+/*
 ** handle_read_event, as Python's, for the channel at chan. The fields
 ** `accepting`, `connected` and `connecting` are read only where the socket
 ** itself says they can matter (it listens; a connect is under way), so the
@@ -312,7 +398,7 @@ int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
         /* take every pending connection (up to a bound), not one per pass */
         for (int i = 0; i < ACCEPT_BATCH; i++) {
             s->flags &= ~SF_ACCEPTED;
-            ac_call_method(L, chan, K_HANDLE_ACCEPT, 0);
+            call_handle_accept(L, chan);
             s = same(L, chan, gen);
             if (s == NULL || !(s->flags & SF_ACCEPTED) || s->paused_until > 0 ||
                 !ac_rawbool(L, chan, K_ACCEPTING))

@@ -578,6 +578,39 @@ static int unwrap_error(lua_State *L, int idx, int state)
     lua_rawgeti(L, idx, 2);
     return 1;
 }
+void ac_push_msgh(lua_State *L)
+{
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_MSGH);
+}
+
+int ac_unwrap_error(lua_State *L, int idx)
+{
+    return unwrap_error(L, lua_absindex(L, idx), lua_upvalueindex(UP_STATE));
+}
+
+int ac_push_channel_of(lua_State *L, ac_socket *s)
+{
+    if (s->ms == NULL || s->mapfd < 0)
+        return 0;
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_MAPS);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {                   /* maps, map, ms */
+        if (lua_touserdata(L, -1) == s->ms) {
+            lua_rawgeti(L, -2, s->mapfd);       /* maps, map, ms, chan */
+            if (ac_chansock(L, -1) == s) {
+                lua_replace(L, -4);
+                lua_pop(L, 2);
+                return 1;
+            }
+            lua_pop(L, 4);
+            return 0;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 
 /*
 ** Is the channel at chan still the registration `gen` of fd in map state ms?
@@ -1009,6 +1042,9 @@ static const luaL_Reg loop_funcs[] = {
 /* adds the loop functions to the module table on top */
 void ac_loop_open(lua_State *L, int st, int mt)
 {
+    ac_pushupvalues(L, st, mt);
+    lua_pushcclosure(L, loop_msgh, AC_NUP);
+    lua_setiuservalue(L, st, UV_MSGH);
     luaL_newmetatable(L, MAPSTATE_MT);
     lua_pushcfunction(L, ms_gc);
     lua_setfield(L, -2, "__gc");

@@ -117,6 +117,25 @@ void ac_pushaddr(lua_State *L, const ac_sockaddr *a)
     lua_rawseti(L, -2, 2);
 }
 
+void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a)
+{
+    if (a->len < (socklen_t)sizeof a->ss.ss_family) {
+        lua_pushliteral(L, "?");
+        return;
+    }
+    if (a->ss.ss_family == AF_UNIX) {
+        ac_pushaddr(L, a);
+        if (lua_rawlen(L, -1) == 0) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "(unnamed Unix socket)");
+        }
+        return;
+    }
+    char host[64];
+    int port = sock_addr_host(a, host, sizeof host);
+    lua_pushfstring(L, a->ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
+}
+
 /*
 ** Read an address at idx for socket s: a path string for a Unix socket, a
 ** {host, port} table, or host and port as two arguments (then *nargs is 2).
@@ -326,6 +345,9 @@ int ac_accept(lua_State *L, ac_socket *s, int *errp)
     ns->flags = SF_NONBLOCK;
     ac_pushaddr(L, &a);
     *errp = 0;
+    /* remembered while handle_accept runs: an error there closes this one */
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);
     return 2;
 }
 
