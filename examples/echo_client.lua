@@ -23,7 +23,10 @@ end
 
 function EchoClient:next_message()
   local msg = table.remove(self.pending, 1)
-  if msg == nil then return self:close() end
+  if msg == nil then
+    self.expect = nil
+    return self:close()
+  end
   self.expect = msg .. "\n"
   self.received = ""
   print("sent:     " .. msg)
@@ -39,7 +42,10 @@ function EchoClient:handle_read()
 end
 
 function EchoClient:handle_close()
-  print("server closed the connection")
+  if self.expect or #self.pending > 0 then
+    self.failed = true            -- refused, reset, or closed before every answer came
+    print("server closed the connection")
+  end
   self:close()
 end
 
@@ -47,4 +53,5 @@ local client = EchoClient(host, port, messages)
 local ok, err = pcall(asyncore.loop, { timeout = 1, count = 500 })
 if not ok then print("error: " .. tostring(err)) os.exit(1) end
 if client.connected then print("gave up waiting") os.exit(1) end
+if client.failed then os.exit(1) end
 print("done")

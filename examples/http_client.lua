@@ -58,7 +58,9 @@ function HttpClient:handle_close()
 end
 
 function HttpClient:handle_error(err, tb)
-  print("error: " .. tostring(err))
+  local a = self.addr
+  print(("error: %s:%s: %s"):format(a and a[1], a and a[2], tostring(err)))
+  self.failed = true
   self:close()
   self.consumer:close()
 end
@@ -69,6 +71,7 @@ local PrintingConsumer = asyncore.Object:extend()
 function PrintingConsumer:init() self.size = 0 end
 
 function PrintingConsumer:http_header(client)
+  self.answered = true
   print(client.status_line)
   for _, line in ipairs(client.header_lines) do print(line) end
 end
@@ -117,4 +120,4 @@ end
 local printer = PrintingConsumer()
 HttpClient(url, RedirectingConsumer(printer))
 asyncore.loop { timeout = 1, count = 3000 }
-os.exit(printer.done and 0 or 1)
+os.exit(printer.done and printer.answered and 0 or 1)   -- no answer (refused, reset): 1

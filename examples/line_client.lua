@@ -23,7 +23,7 @@ function LineClient:init(h, p)
   self.quiet = asyncore.call_later(wait, function() self:close() end)
 end
 
-function LineClient:handle_connect() end
+function LineClient:handle_connect() self.reached = true end
 
 function LineClient:found_terminator()
   print((self:get_data():gsub("\r$", "")))
@@ -59,3 +59,4 @@ else
 end
 
 asyncore.loop()
+if not client.reached then os.exit(1) end   -- the connect failed (logged by handle_error)

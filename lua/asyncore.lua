@@ -293,7 +293,28 @@ function dispatcher:handle_expt_event()
   end
 end
 
+-- operating-system errors that end a connection in the ordinary way
+local ROUTINE = { ECONNREFUSED = true, ECONNRESET = true, ETIMEDOUT = true, EHOSTUNREACH = true,
+  ENETUNREACH = true, EHOSTDOWN = true, ENETDOWN = true, EPIPE = true, ECONNABORTED = true,
+  ENOTCONN = true, ESHUTDOWN = true }
+
+local function addr_text(a)
+  if type(a) == "table" then
+    local h = tostring(a[1])
+    if h:find(":", 1, true) then h = "[" .. h .. "]" end
+    return h .. ":" .. tostring(a[2])
+  end
+  return a ~= nil and tostring(a) or "(no address)"
+end
+
+--- An error escaped a handler. A routine end of a connection (refused, reset,
+-- timed out, unreachable, broken pipe) is one line naming the peer; anything
+-- else is logged with its traceback. Both end in handle_close().
 function dispatcher:handle_error(err, traceback)
+  if M.is_error(err) and ROUTINE[err.code] then
+    self:log_info(format("%s: %s", addr_text(rawget(self, "addr")), tostring(err)), "error")
+    return self:handle_close()
+  end
   local ok, repr = pcall(tostring, self)
   if not ok then repr = format("<__tostring failed for object at %p>", self) end
   self:log_info(format("uncaptured error, closing channel %s (%s)\n%s", repr,

@@ -271,6 +271,24 @@ for _, backend in ipairs(asyncore.backends()) do
       end)
     end
 
+    it("logs a refused connect as one line naming the peer, without a traceback", function()
+      local l, port = H.listener()
+      l:close()                                  -- nobody listens there
+      local C = asyncore.dispatcher:extend()
+      local lines, closed = {}, false
+      function C:log_info(msg, kind) lines[#lines + 1] = { msg = msg, kind = kind } end
+      function C:handle_close() closed = true; self:close() end
+      local c = C()
+      c:create_socket()
+      c:connect { "127.0.0.1", port }
+      H.run_until(function() return closed end, 5, opts)
+      assert.equal(1, #lines)
+      assert.equal("error", lines[1].kind)
+      assert.equal("127.0.0.1:" .. port .. ": connect: Connection refused (ECONNREFUSED)", lines[1].msg)
+      assert.not_matches("traceback", lines[1].msg)
+      assert.not_matches("\n", lines[1].msg)
+    end)
+
     it("returns '' from recv at end of stream after calling handle_close", function()
       local l, port = H.listener()
       local C = asyncore.dispatcher:extend()

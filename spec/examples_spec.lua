@@ -42,6 +42,25 @@ describe("the examples", function()
     assert.matches("sent:     ping\nreceived: ping\nsent:     pong\nreceived: pong\ndone", out)
   end)
 
+  it("client examples say a refused connect in one line and exit non-zero", function()
+    local port = free_port()                     -- nobody listens there
+    for _, cmd in ipairs {
+      "examples/echo_client.lua 127.0.0.1 " .. port .. " ping",
+      "examples/time_client.lua 127.0.0.1 " .. port,
+      "examples/line_client.lua 127.0.0.1 " .. port .. " hello",
+      "examples/http_client.lua http://127.0.0.1:" .. port .. "/",
+    } do
+      local out = os.tmpname()
+      local ok, how, code = os.execute(("timeout 20 %s %s > %s 2>&1"):format(H.LUA, cmd, out))
+      local f = io.open(out); local text = f:read("a"); f:close(); os.remove(out)
+      assert.is_falsy(ok, cmd .. " exited 0:\n" .. text)
+      assert.equal("exit", how)
+      assert.is_true(code ~= 124, cmd .. " hung")
+      assert.matches("127%.0%.0%.1:" .. port .. ".*Connection refused %(ECONNREFUSED%)", text, 1)
+      assert.not_matches("traceback", text)
+    end
+  end)
+
   it("time_server.lua tells time_client.lua the time (RFC 868)", function()
     local port = free_port()
     local server = start(H.LUA .. " examples/time_server.lua 127.0.0.1 " .. port)

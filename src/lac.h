@@ -144,6 +144,8 @@ void ac_setfuncs(lua_State *L, const luaL_Reg *l, int st, int mt);
 /* lerror.c */
 int ac_pusherror(lua_State *L, const char *op, int err, const char *message);
 int ac_raise(lua_State *L, const char *op, int err);
+/* the same, naming the address (field `address`; "bind 127.0.0.1:80: ...") */
+int ac_raise_at(lua_State *L, const char *op, int err, const ac_sockaddr *a);
 int ac_raise_closed(lua_State *L, const char *op);
 int ac_is_disconnect(int err);
 void ac_error_open(lua_State *L);
@@ -159,7 +161,8 @@ void ac_sock_close(lua_State *L, ac_socket *s);
 void ac_pushaddr(lua_State *L, const ac_sockaddr *a);
 /* the address as text: "127.0.0.1:80", "[::1]:80", or a Unix path */
 void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a);
-int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs);
+/* `op` names the operation in the errors it raises */
+int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs, const char *op);
 char *ac_rbuf(ac_state *S, size_t n);
 void ac_socket_open(lua_State *L, int st, int mt);
 int lsocket_new(lua_State *L);

@@ -3,7 +3,8 @@
 ** {errno = 111, code = "ECONNREFUSED", op = "connect"} whose metatable
 ** ("asyncore.error") gives "connect: Connection refused (ECONNREFUSED)" as its
 ** string. Resolver failures carry the EAI_* name and gai_strerror's text; a
-** closed socket is EBADF with the message "closed socket".
+** closed socket is EBADF with the message "closed socket". Errors of bind,
+** connect and listen also carry the address: "bind 127.0.0.1:80: ...".
 */
 #include "config.h"
 #include <errno.h>
@@ -76,6 +77,16 @@ int ac_raise(lua_State *L, const char *op, int err)
     return lua_error(L);
 }
 
+int ac_raise_at(lua_State *L, const char *op, int err, const ac_sockaddr *a)
+{
+    ac_pusherror(L, op, err, NULL);
+    if (a != NULL) {
+        ac_pushaddrtext(L, a);
+        lua_setfield(L, -2, "address");
+    }
+    return lua_error(L);
+}
+
 int ac_raise_closed(lua_State *L, const char *op)
 {
     ac_pusherror(L, op, EBADF, "closed socket");
@@ -120,6 +131,15 @@ int lerror_is_error(lua_State *L)
 
 static int lerror_tostring(lua_State *L)
 {
+    if (lua_getfield(L, 1, "address") == LUA_TSTRING) {
+        lua_getfield(L, 1, "op");
+        lua_getfield(L, 1, "message");
+        lua_getfield(L, 1, "code");
+        lua_pushfstring(L, "%s %s: %s (%s)", luaL_optstring(L, -3, "?"), lua_tostring(L, 2),
+                        luaL_optstring(L, -2, "?"), luaL_optstring(L, -1, "?"));
+        return 1;
+    }
+    lua_settop(L, 1);
     lua_getfield(L, 1, "op");
     lua_getfield(L, 1, "message");
     lua_getfield(L, 1, "code");

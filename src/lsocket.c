@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <sys/un.h>
 #include "lac.h"
 
@@ -140,7 +141,28 @@ void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a)
 ** Read an address at idx for socket s: a path string for a Unix socket, a
 ** {host, port} table, or host and port as two arguments (then *nargs is 2).
 */
-int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs)
+/*
+** An address of the other family than the socket's: say which family the
+** socket has and how to get the other, instead of a resolver failure.
+*/
+static void check_family_of(lua_State *L, const ac_socket *s, const char *host, const char *op)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    const char *msg = NULL;
+    if (s->family == AF_INET && inet_pton(AF_INET6, host, buf) == 1)
+        msg = "%s is an IPv6 address but the socket is IPv4 (inet): create it with "
+              "create_socket(\"inet6\") (or asyncore.socket(\"inet6\"))";
+    else if (s->family == AF_INET6 && inet_pton(AF_INET, host, buf) == 1)
+        msg = "%s is an IPv4 address but the socket is IPv6 (inet6): create it with "
+              "create_socket(\"inet\") (or asyncore.socket(\"inet\")), or use ::ffff:%s";
+    if (msg) {
+        lua_pushfstring(L, msg, host, host);
+        ac_pusherror(L, op, EAFNOSUPPORT, lua_tostring(L, -1));
+        lua_error(L);
+    }
+}
+
+int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs, const char *op)
 {
     const char *host;
     lua_Integer port;
@@ -175,6 +197,7 @@ int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int 
     }
     if (port < 0 || port > 65535)
         luaL_argerror(L, idx, "port out of range");
+    check_family_of(L, s, host, op);
     err = sock_addr_inet(s->family, host, (int)port, a);
     if (err)
         ac_raise(L, "getaddrinfo", err);
@@ -301,10 +324,10 @@ static int lsock_bind(lua_State *L)
 {
     ac_socket *s = ac_checksock(L, 1, "bind");
     ac_sockaddr a;
-    ac_checkaddr(L, 2, s, &a, NULL);
+    ac_checkaddr(L, 2, s, &a, NULL, "bind");
     int err = sock_bind(s->fd, &a);
     if (err)
-        return ac_raise(L, "bind", err);
+        return ac_raise_at(L, "bind", err, &a);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -318,8 +341,10 @@ static int lsock_listen(lua_State *L)
     if (backlog > 65535)
         backlog = 65535;
     int err = sock_listen(s->fd, (int)backlog);
-    if (err)
-        return ac_raise(L, "listen", err);
+    if (err) {
+        ac_sockaddr a;
+        return ac_raise_at(L, "listen", err, sock_sockname(s->fd, &a) == 0 ? &a : NULL);
+    }
     s->flags |= SF_LISTENING;
     lua_pushboolean(L, 1);
     return 1;
@@ -368,7 +393,7 @@ static int lsock_connect(lua_State *L)
 {
     ac_socket *s = ac_checksock(L, 1, "connect");
     ac_sockaddr a;
-    ac_checkaddr(L, 2, s, &a, NULL);
+    ac_checkaddr(L, 2, s, &a, NULL, "connect");
     int err = sock_connect(s->fd, &a);
     if (err == 0 || err == EISCONN) {
         s->flags &= ~SF_CONNECTING;
@@ -380,7 +405,7 @@ static int lsock_connect(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    return ac_raise(L, "connect", err);
+    return ac_raise_at(L, "connect", err, &a);
 }
 
 /* the bytes of string arg idx from position i to j (Lua string.sub rules) */
@@ -444,7 +469,7 @@ static int lsock_sendto(lua_State *L)
     size_t n, sent;
     const char *p = luaL_checklstring(L, 2, &n);
     ac_sockaddr a;
-    ac_checkaddr(L, 3, s, &a, NULL);
+    ac_checkaddr(L, 3, s, &a, NULL, "sendto");
     int err = sock_sendto(s->fd, p, n, &a, &sent);
     if (err && err != EAGAIN)
         return ac_raise(L, "sendto", err);
