@@ -48,6 +48,7 @@ struct ac_mapstate;
 #define SF_ACCEPTED  0x08u  /* the last accept() on this listener returned a connection */
 #define SF_CONNECTING 0x10u /* a non-blocking connect is under way (cleared when it ends) */
 #define SF_CHAT_PENDING 0x20u /* its async_chat channel has output queued */
+#define SF_NODELAY_SET 0x80u  /* the script set TCP_NODELAY itself: connect leaves it */
 #define SF_NOFD_LOGGED 0x40u  /* a listener said it ran out of descriptors (until an accept works) */
 
 /* channel modes, found at add_channel from the methods the channel has */

@@ -51,6 +51,7 @@ struct ac_chat {
     lua_Integer cls_in_size, cls_out_size;
     int cls_collect_stock, cls_initiate_stock;
     unsigned char finalized; /* its __gc ran and freed the buffers */
+    unsigned char framing;   /* handle_read is delivering frames: pushes wait for its end */
 };
 typedef struct ac_chat ac_chat;
 
@@ -354,6 +355,8 @@ static int chat_alive(ac_socket *s)
     return !sock_isclosed(s);
 }
 
+static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock);
+
 /*
 ** async_chat:handle_read(): read up to ac_in_buffer_size bytes into `in`,
 ** then frame: call collect_incoming_data / found_terminator as Python's
@@ -389,49 +392,16 @@ static int lchat_handle_read(lua_State *L)
         return ac_raise(L, "recv", err);
     }
     c->in.last += got;
-
-    int stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
-
-    while (buffer_len(&c->in) > 0) {
-        size_t lb = buffer_len(&c->in);
-        if (c->kind == TERM_NONE || (c->kind == TERM_COUNT && c->count == 0)) {
-            /* no terminator (0 counts as none, as in Python): collect it all */
-            collect(L, c, lb, stock);
-        } else if (c->kind == TERM_COUNT) {
-            if ((lua_Integer)lb < c->count) {
-                collect(L, c, lb, stock);   /* the collector sees the count before it drops */
-                if (!chat_alive(s))
-                    return 0;
-                if (c->kind == TERM_COUNT)
-                    c->count -= (lua_Integer)lb;
-            } else {
-                size_t n = (size_t)c->count;
-                c->count = 0;
-                collect(L, c, n, stock);
-                if (!chat_alive(s))
-                    return 0;
-                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
-            }
-        } else {
-            size_t from = c->scanned;
-            size_t idx = buffer_find(&c->in, from, c->term, c->termlen);
-            if (idx != (size_t)-1) {
-                size_t tl = c->termlen;
-                c->scanned = 0;
-                collect(L, c, idx, stock);
-                if (!chat_alive(s))
-                    return 0;
-                buffer_consume(&c->in, tl);
-                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
-            } else {
-                size_t k = prefix_at_end(c);
-                collect(L, c, lb - k, stock);
-                c->scanned = 0;   /* what is left is the possible start of a match */
-                if (k > 0)
-                    break;
-            }
-        }
-        if (!chat_alive(s))
+    frame(L, c, s, chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls));
+    if (!chat_alive(s))
+        return 0;
+    if (!queue_empty(c)) {        /* what the batch pushed: one write */
+        call_initiate_send(L, c, 2);
+        lua_settop(L, 2);
+        ac_pushkey(L, K_SOCKET);
+        lua_rawget(L, 1);         /* 3: the socket again (anchors s) */
+        s = ac_tosock(L, 3);
+        if (s == NULL || !chat_alive(s))
             return 0;
     }
 
@@ -447,15 +417,78 @@ static int lchat_handle_read(lua_State *L)
     return 0;
 }
 
+/*
+** Deliver the frames `in` holds: collect_incoming_data / found_terminator as
+** Python's asynchat does, until the data runs out or a handler closes the
+** channel (s is anchored by the caller). Pushes made meanwhile are queued
+** (c->framing), so a pipelined batch is answered with one write.
+*/
+static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
+{
+    c->framing = 1;
+    while (buffer_len(&c->in) > 0) {
+        size_t lb = buffer_len(&c->in);
+        if (c->kind == TERM_NONE || (c->kind == TERM_COUNT && c->count == 0)) {
+            /* no terminator (0 counts as none, as in Python): collect it all */
+            collect(L, c, lb, stock);
+        } else if (c->kind == TERM_COUNT) {
+            if ((lua_Integer)lb < c->count) {
+                collect(L, c, lb, stock);   /* the collector sees the count before it drops */
+                if (!chat_alive(s))
+                    break;
+                if (c->kind == TERM_COUNT)
+                    c->count -= (lua_Integer)lb;
+            } else {
+                size_t n = (size_t)c->count;
+                c->count = 0;
+                collect(L, c, n, stock);
+                if (!chat_alive(s))
+                    break;
+                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
+            }
+        } else {
+            size_t from = c->scanned;
+            size_t idx = buffer_find(&c->in, from, c->term, c->termlen);
+            if (idx != (size_t)-1) {
+                size_t tl = c->termlen;
+                c->scanned = 0;
+                collect(L, c, idx, stock);
+                if (!chat_alive(s))
+                    break;
+                buffer_consume(&c->in, tl);
+                ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
+            } else {
+                size_t k = prefix_at_end(c);
+                collect(L, c, lb - k, stock);
+                c->scanned = 0;   /* what is left is the possible start of a match */
+                if (k > 0)
+                    break;
+            }
+        }
+        if (!chat_alive(s))
+            break;
+    }
+    c->framing = 0;
+}
+
 /* ---- output ---- */
 
-/* append the value at 2 to the queue of chat c (at 3), then initiate_send */
+/*
+** Append the value at 2 to the queue of chat c (at 3), then initiate_send.
+** While handle_read delivers frames, only queue it (and ask for writability,
+** so it goes out even if a handler fails): handle_read sends what the whole
+** batch pushed with one system call when it is done.
+*/
 static int enqueue(lua_State *L, ac_chat *c)
 {
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
     lua_settop(L, 3);
+    if (c->framing) {
+        sync_socket(L, 1, c);
+        return 0;
+    }
     call_initiate_send(L, c, 3);
     return 0;
 }
@@ -475,7 +508,7 @@ static int lchat_push(lua_State *L)
     const char *p = lua_tolstring(L, 2, &len);
     if (len == 0)
         return 0;
-    if (!queue_empty(c))
+    if (!queue_empty(c) || c->framing)
         return enqueue(L, c);
     int cls = chat_class(L, c);
     int stock = chat_stock(L, c, K_INITIATE_SEND, cls);

@@ -351,6 +351,17 @@ static int lsock_listen(lua_State *L)
 }
 
 /*
+** Accepted and connected TCP sockets get TCP_NODELAY: request/response
+** protocols must not wait on Nagle's algorithm (the loop already gathers
+** what a batch of handlers writes). setsockopt("nodelay", false) undoes it.
+*/
+static void set_nodelay(const ac_socket *s)
+{
+    if ((s->family == AF_INET || s->family == AF_INET6) && s->type == SOCK_STREAM)
+        sock_setint(s->fd, IPPROTO_TCP, TCP_NODELAY, 1);
+}
+
+/*
 ** Accept one connection: pushes sock, addr and returns 2, or returns 0 with
 ** *err set (EAGAIN when none was pending).
 */
@@ -368,6 +379,7 @@ int ac_accept(lua_State *L, ac_socket *s, int *errp)
     ns->family = s->family;
     ns->type = s->type;
     ns->flags = SF_NONBLOCK;
+    set_nodelay(ns);
     ac_pushaddr(L, &a);
     *errp = 0;
     /* remembered while handle_accept runs: an error there closes this one */
@@ -394,6 +406,8 @@ static int lsock_connect(lua_State *L)
     ac_socket *s = ac_checksock(L, 1, "connect");
     ac_sockaddr a;
     ac_checkaddr(L, 2, s, &a, NULL, "connect");
+    if (!(s->flags & SF_NODELAY_SET))
+        set_nodelay(s);
     int err = sock_connect(s->fd, &a);
     if (err == 0 || err == EISCONN) {
         s->flags &= ~SF_CONNECTING;
@@ -594,6 +608,8 @@ static int lsock_setsockopt(lua_State *L)
     int err = sock_setint(s->fd, opt_info[o].level, opt_info[o].name, value);
     if (err)
         return ac_raise(L, "setsockopt", err);
+    if (opt_info[o].level == IPPROTO_TCP && opt_info[o].name == TCP_NODELAY)
+        s->flags |= SF_NODELAY_SET;
     lua_pushboolean(L, 1);
     return 1;
 }
