@@ -2,8 +2,9 @@
 -- PING, ECHO, SET, GET, DEL, INCR, EXISTS (and QUIT, CONFIG GET), as inline
 -- commands ("SET k v\r\n") or multibulk arrays ("*3\r\n$3\r\nSET\r\n..."), with
 -- pipelining: the answers to a batch of commands that arrived together go out
--- in one write (async_chat gathers them), so redis-benchmark -P 16 runs at full
--- speed.
+-- in one write, so redis-benchmark -P 16 runs at full speed. A RESP command's
+-- length is not known from its first line, so this channel sets no terminator
+-- and parses what collect_incoming_data receives (one call per read).
 -- usage: lua5.4 examples/redis_server.lua [host] [port]   (default 127.0.0.1 6379)
 -- try:   redis-cli -p 6379 set greeting hello && redis-cli -p 6379 get greeting
 local asyncore = require "asyncore"
@@ -73,65 +74,77 @@ function commands.CONFIG(a)   -- redis-benchmark asks for its settings: all empt
   return "-ERR unsupported CONFIG subcommand\r\n"
 end
 
+-- One command of buf from pos: its argument list and the position after it;
+-- nil when it has not all arrived yet; false and a message on a protocol error.
+local function parse(buf, pos)
+  local eol = find(buf, "\n", pos, true)
+  if not eol then return nil end
+  if byte(buf, pos) ~= 42 then                 -- not "*": an inline command
+    local line = sub(buf, pos, byte(buf, eol - 1) == 13 and eol - 2 or eol - 1)
+    local a, i = {}, 1
+    for word in line:gmatch("%S+") do a[i] = word; i = i + 1 end
+    return a, eol + 1
+  end
+  local n = math.tointeger(tonumber(sub(buf, pos + 1, eol - 2)))
+  if not n or n > 1024 * 1024 then return false, "invalid multibulk length" end
+  local a, at = {}, eol + 1
+  for i = 1, n do                              -- n times "$<length>\r\n<bytes>\r\n"
+    eol = find(buf, "\r\n", at, true)
+    if not eol then return nil end
+    local len = byte(buf, at) == 36 and math.tointeger(tonumber(sub(buf, at + 1, eol - 1)))
+    if not len or len < 0 or len > 512 * 1024 * 1024 then return false, "invalid bulk length" end
+    at = eol + len + 4
+    if at - 1 > #buf then return nil end
+    a[i] = sub(buf, eol + 2, eol + len + 1)
+  end
+  return a, at
+end
+
 local RespChannel = asynchat.async_chat:extend()
 
+-- No terminator: every read goes to collect_incoming_data, which answers the
+-- complete commands it holds with one push (a pipelined batch, one write) and
+-- keeps a command that has not all arrived for the next read.
 function RespChannel:init(sock)
   asynchat.async_chat.init(self, sock)
-  self.args = nil          -- the multibulk command being read
-  self.missing = 0         -- its arguments still to come
-  self.bulk_next = false   -- the next frame is a bulk string's body
-  self:set_terminator("\n")
+  self.pending = ""
+  self:set_terminator(nil)
 end
 
-function RespChannel:execute(a)
-  local name = upper(a[1])
-  local cmd = commands[name]
-  if cmd then return self:push(cmd(a)) end
-  if name == "QUIT" then
-    self:push("+OK\r\n")
-    return self:close_when_done()
-  end
-  self:push(format("-ERR unknown command '%s'\r\n", a[1]))
-end
-
-function RespChannel:protocol_error(msg)
-  self:push("-ERR Protocol error: " .. msg .. "\r\n")
-  self:close_when_done()
-end
-
-function RespChannel:found_terminator()
-  local data = self:get_data()
-  if self.bulk_next then                       -- "<bytes>\r\n" of a bulk string
-    self.bulk_next = false
-    self:set_terminator("\n")
-    local a = self.args
-    a[#a + 1] = sub(data, 1, -3)
-    self.missing = self.missing - 1
-    if self.missing == 0 then
-      self.args = nil
-      return self:execute(a)
+function RespChannel:collect_incoming_data(data)
+  local buf = self.pending == "" and data or self.pending .. data
+  local replies, n, pos = {}, 0, 1
+  while true do
+    local a, after = parse(buf, pos)
+    if a == nil then break end
+    if a == false then
+      n = n + 1
+      replies[n] = "-ERR Protocol error: " .. after .. "\r\n"
+      self:push(concat(replies))
+      return self:close_when_done()
     end
-    return
-  end
-  if byte(data, -1) == 13 then data = sub(data, 1, -2) end   -- "\r\n" or "\n"
-  local c = byte(data, 1)
-  if self.args then                            -- "$<length>" of the next argument
-    local n = c == 36 and math.tointeger(tonumber(sub(data, 2)))
-    if not n or n < 0 or n > 512 * 1024 * 1024 then
-      return self:protocol_error("invalid bulk length")
+    pos = after
+    if a[1] then
+      local name = upper(a[1])
+      local cmd = commands[name]
+      n = n + 1
+      if cmd then
+        replies[n] = cmd(a)
+      elseif name == "QUIT" then
+        replies[n] = "+OK\r\n"
+        self:push(concat(replies))
+        return self:close_when_done()
+      else
+        replies[n] = format("-ERR unknown command '%s'\r\n", a[1])
+      end
     end
-    self.bulk_next = true
-    return self:set_terminator(n + 2)
   end
-  if c == 42 then                              -- "*<count>": a multibulk command
-    local n = math.tointeger(tonumber(sub(data, 2)))
-    if not n or n > 1024 * 1024 then return self:protocol_error("invalid multibulk length") end
-    if n > 0 then self.args, self.missing = {}, n end
-    return
+  if n > 0 then self:push(concat(replies)) end
+  self.pending = pos > #buf and "" or sub(buf, pos)
+  if #self.pending > 512 * 1024 * 1024 + 1024 then
+    self:push("-ERR Protocol error: command too large\r\n")
+    self:close_when_done()
   end
-  local a, i = {}, 1                           -- an inline command
-  for word in data:gmatch("%S+") do a[i] = word; i = i + 1 end
-  if i > 1 then self:execute(a) end
 end
 
 local RespServer = asyncore.dispatcher:extend()

@@ -61,6 +61,52 @@ describe("the examples", function()
     end
   end)
 
+  it("redis_server.lua serves redis-cli: commands, inline and multibulk, pipelining", function()
+    if not H.capture("command -v redis-cli"):match("redis%-cli") then
+      error("redis-cli is missing: apt-get install redis-tools")
+    end
+    local port = free_port()
+    local server = start(H.LUA .. " examples/redis_server.lua 127.0.0.1 " .. port)
+    server.wait_line("redis server on")
+    local function cli(args)
+      return H.capture(("timeout 10 redis-cli -p %d %s"):format(port, args))
+    end
+    assert.equal("PONG\n", cli("ping"))
+    assert.equal("hello world\n", cli("echo 'hello world'"))
+    assert.equal("OK\n", cli("set greeting 'multi\r\nline'"))
+    assert.equal("multi\r\nline\n", cli("get greeting"))   -- a value holding the separator
+    assert.equal("1\n", cli("incr counter"))
+    assert.equal("2\n", cli("incr counter"))
+    assert.equal("2\n", cli("exists counter greeting"))
+    assert.matches("^ERR value is not an integer or out of range\n", cli("incr greeting"))
+    assert.equal("2\n", cli("del counter greeting nothing"))
+    assert.equal("\n", cli("get greeting"))
+    assert.matches("ERR unknown command 'nosuch'", cli("nosuch"))
+    -- a pipelined batch of inline and multibulk commands, one write, split replies
+    local c = asyncore.socket()
+    c:setblocking(true)
+    c:connect { "127.0.0.1", port }
+    c:send("PING\r\nSET k 41\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nEXISTS k\n")
+    local want = "+PONG\r\n+OK\r\n:42\r\n$2\r\n42\r\n:1\r\n"
+    local got = ""
+    while #got < #want do
+      local d = c:recv(4096)
+      if d == "" then break end
+      got = got .. d
+    end
+    assert.equal(want, got)
+    c:close()
+    -- redis-cli's own pipe mode: 1,000 commands in one stream
+    local cmds = {}
+    for i = 1, 1000 do cmds[i] = ("SET key:%d %d\r\n"):format(i, i) end
+    local f = os.tmpname()
+    local h = io.open(f, "w"); h:write(table.concat(cmds)); h:close()
+    local out = H.capture(("timeout 10 redis-cli -p %d --pipe < %s"):format(port, f))
+    os.remove(f)
+    assert.matches("errors: 0, replies: 1000", out)
+    assert.equal("1000\n", cli("get key:1000"))
+  end)
+
   it("time_server.lua tells time_client.lua the time (RFC 868)", function()
     local port = free_port()
     local server = start(H.LUA .. " examples/time_server.lua 127.0.0.1 " .. port)
