@@ -20,7 +20,9 @@ async_chat.ac_in_buffer_size = 65536
 async_chat.ac_out_buffer_size = 65536
 async_chat.max_in_buffer = 16 * 1024 * 1024
 
-for name, fn in pairs(core.chat) do async_chat[name] = fn end
+for name, fn in pairs(core.chat) do
+  if name ~= "chat_release" then async_chat[name] = fn end   -- close() calls that one
+end
 
 --- `async_chat(sock, map)`: both optional, as for dispatcher.
 function async_chat:init(sock, map)

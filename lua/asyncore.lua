@@ -152,6 +152,7 @@ dispatcher.del_channel = core.del_channel
 -- set on a live channel is noticed by the loop at once
 dispatcher.__newindex = core.chan_newindex
 local update_interest = core.update_interest
+local chat_release = core.chat.chat_release
 
 local function sockof(self, fname)
   local s = self.socket
@@ -265,7 +266,8 @@ function dispatcher:close()
   rawset(self, "connecting", false)
   self:del_channel()
   local s = self.socket
-  if s ~= nil then s:close() end
+  if s ~= nil then s:close() end          -- frees dispatcher_with_send's buffer too
+  if rawget(self, "_chat") ~= nil then chat_release(self) end   -- async_chat's buffers, now
 end
 
 function dispatcher:log(message)

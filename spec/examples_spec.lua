@@ -107,6 +107,38 @@ describe("the examples", function()
     assert.equal("1000\n", cli("get key:1000"))
   end)
 
+  it("http_server.lua gives back the memory of closed channels at once", function()
+    local port = free_port()
+    local server = start(H.LUA .. " examples/http_server.lua 127.0.0.1 " .. port)
+    server.wait_line("http server on")
+    local pid = server.child_pid()
+    local function rss_kib()
+      local f = io.open("/proc/" .. pid .. "/status")
+      local kib = f:read("a"):match("VmRSS:%s*(%d+)")
+      f:close()
+      return tonumber(kib)
+    end
+    -- one connection at a time, each an endless header line past max_in_buffer
+    -- (16 MiB): the server logs the overflow and closes the connection
+    local chunk = ("a"):rep(1 << 20)
+    local function flood()
+      local c = asyncore.socket()
+      c:setblocking(true)
+      c:connect { "127.0.0.1", port }
+      c:send("GET /")
+      for _ = 1, 24 do
+        if not pcall(c.send, c, chunk) then break end
+      end
+      pcall(c.recv, c, 100)
+      c:close()
+    end
+    flood()                                  -- the first one grows the process once
+    local start_kib = rss_kib()
+    for _ = 1, 8 do flood() end
+    local grew = rss_kib() - start_kib
+    assert.is_true(grew < 8 * 1024, ("resident memory grew by %d KiB over 8 closed connections"):format(grew))
+  end)
+
   it("time_server.lua tells time_client.lua the time (RFC 868)", function()
     local port = free_port()
     local server = start(H.LUA .. " examples/time_server.lua 127.0.0.1 " .. port)

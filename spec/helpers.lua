@@ -125,6 +125,17 @@ function H.spawn(cmd, limit)
     :format(pidfile, limit or 30, cmd:gsub("'", "'\\''"), out)
   os.execute(full)
   local h = { out = out }
+  --- The pid of the command itself (the child of `timeout`), once it runs.
+  function h.child_pid()
+    local p
+    H.run_until(function()
+      local f = io.open("/proc/" .. tostring(h.pid()) .. "/task/" .. tostring(h.pid()) .. "/children")
+      p = f and f:read("n")
+      if f then f:close() end
+      return p ~= nil
+    end, 5)
+    return p
+  end
   function h.pid()
     local f = io.open(pidfile)
     local p = f and f:read("n")

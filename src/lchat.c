@@ -200,7 +200,7 @@ static int chat_gc(lua_State *L)
 /* core.chat_new(): a fresh chat state */
 static int lchat_new(lua_State *L)
 {
-    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);
+    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);   /* 1: the output queue */
     memset(c, 0, sizeof *c);
     c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
@@ -311,6 +311,31 @@ static int lchat_get_data(lua_State *L)
     lua_pushlstring(L, buffer_begin(&c->collected), buffer_len(&c->collected));
     buffer_clear(&c->collected);
     return 1;
+}
+
+/*
+** core.chat_release(self): the channel closed. Free its C buffers now, not
+** at the next garbage collection (the collector does not see malloc'ed
+** memory): input not yet framed, collected data (get_data() before close()
+** to keep it) and queued output are dropped.
+*/
+static int lchat_release(lua_State *L)
+{
+    lua_settop(L, 1);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, 1);                                    /* 2: chat */
+    ac_chat *c = tochat(L, 2);
+    if (c == NULL || c->finalized)
+        return 0;
+    buffer_free(&c->in);
+    buffer_free(&c->collected);
+    c->scanned = 0;
+    lua_newtable(L);
+    lua_setiuservalue(L, 2, 1);
+    c->head = c->tail = 1;
+    c->head_off = 0;
+    return 0;
 }
 
 /*
@@ -749,7 +774,7 @@ static const luaL_Reg chat_funcs[] = {
     {"initiate_send", lchat_initiate_send}, {"push", lchat_push},
     {"push_with_producer", lchat_push_with_producer}, {"close_when_done", lchat_close_when_done},
     {"discard_buffers", lchat_discard_buffers}, {"writable", lchat_writable},
-    {"buffered", lchat_buffered},
+    {"buffered", lchat_buffered}, {"chat_release", lchat_release},
     {NULL, NULL}
 };
 
