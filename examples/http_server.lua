@@ -15,21 +15,33 @@ local host, port, root = arg[1] or "127.0.0.1", tonumber(arg[2] or 8080), arg[3]
 
 local HELLO = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, world!"
 local REASONS = { [200] = "OK", [400] = "Bad Request", [404] = "Not Found", [405] = "Method Not Allowed",
-  [413] = "Payload Too Large" }
+  [411] = "Length Required", [413] = "Payload Too Large", [417] = "Expectation Failed", [501] = "Not Implemented" }
 local TYPES = { html = "text/html", txt = "text/plain", lua = "text/plain", md = "text/plain",
   json = "application/json", css = "text/css", js = "text/javascript", png = "image/png" }
 local MAX_BODY = 16 * 1024 * 1024
 
--- A producer that reads a file in 64 KiB chunks and closes it at the end.
+-- What is served must stay inside the root, symbolic links included: the root
+-- and each file are compared as canonical paths.
+local ROOT = asyncore.realpath(root)
+if not ROOT then
+  io.stderr:write(("http_server.lua: no such directory: %s\n"):format(root))
+  os.exit(2)
+end
+
+-- A producer that reads a file in 64 KiB chunks and closes it at the end (or
+-- when the connection closes first: see HttpChannel:close).
 local FileProducer = asyncore.Object:extend()
 function FileProducer:init(f) self.f = f end
 function FileProducer:more()
   local chunk = self.f and self.f:read(65536)
   if not chunk then
-    if self.f then self.f:close() self.f = nil end
+    self:close()
     return ""
   end
   return chunk
+end
+function FileProducer:close()
+  if self.f then self.f:close() self.f = nil end
 end
 
 local HttpChannel = asynchat.async_chat:extend()
@@ -38,30 +50,60 @@ function HttpChannel:init(sock)
   asynchat.async_chat.init(self, sock)
   self.body_wanted = false   -- fields set here are found on the instance, not the classes
   self.close_after = false
+  self.head_only = false
+  self.producer = false
   self:set_terminator("\r\n\r\n")
 end
 
+-- An aborted download must not leave its file open until a garbage collection.
+function HttpChannel:close()
+  if self.producer then self.producer:close() self.producer = false end
+  asynchat.async_chat.close(self)
+end
+
 function HttpChannel:respond(status, body, ctype, extra)
-  local head = ("HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: %s\r\n%s\r\n")
-    :format(status, REASONS[status], #body, ctype or "text/plain", extra or "")
-  self:push(head .. body)
+  local head = ("HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: %s\r\n%s%s\r\n")
+    :format(status, REASONS[status], #body, ctype or "text/plain", extra or "",
+      self.close_after and "Connection: close\r\n" or "")
+  self:push(self.head_only and head or head .. body)    -- HEAD: never a body
   if self.close_after then self:close_when_done() end
 end
 
--- The value of a header, found by plain search (no patterns: this runs for
--- every request) under its usual spellings: "Name:", "name:" and "NAME:".
-local function header(head, spellings)
-  for _, name in ipairs(spellings) do
-    local at = find(head, name, 1, true)
-    if at then
-      local from = at + #name
-      local to = find(head, "\r\n", from, true) or #head + 1
-      return (sub(head, from, to - 1):gsub("^%s+", ""))
-    end
-  end
+-- An error that ends the connection (the request stream cannot be trusted).
+function HttpChannel:fail(status, text)
+  self.close_after = true
+  return self:respond(status, text)
 end
-local CONNECTION = { "\r\nConnection:", "\r\nconnection:", "\r\nCONNECTION:" }
-local CONTENT_LENGTH = { "\r\nContent-Length:", "\r\ncontent-length:", "\r\nCONTENT-LENGTH:" }
+
+-- The request head as method, target, version and a table of headers with
+-- lower-case names (header names are case-insensitive). nil if malformed.
+local function parse_head(head)
+  local method, target, version, rest = head:match("^(%u+) (%S+) HTTP/(%d%.%d)(.*)$")
+  if not method then return nil end
+  local headers = {}
+  for name, value in rest:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    name = lower(name)
+    headers[name] = headers[name] and headers[name] .. ", " .. value or value
+  end
+  return method, target, version, headers
+end
+
+-- The file a target names, inside ROOT, or nil: the target must be an
+-- absolute path; no segment may be "..", "." or a hidden name; the canonical
+-- path (symbolic links resolved) must still lie inside the root.
+local function resolve(target)
+  local path = target:gsub("[?#].*", "")
+  if sub(path, 1, 1) ~= "/" then return nil end
+  path = path:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  if find(path, "%z") or find(path, "\\", 1, true) then return nil end
+  for seg in path:gmatch("[^/]+") do
+    if sub(seg, 1, 1) == "." then return nil end
+  end
+  if sub(path, -1) == "/" then path = path .. "index.html" end
+  local real = asyncore.realpath(ROOT .. path)
+  if not real or (sub(real, 1, #ROOT + 1) ~= ROOT .. "/" and real ~= ROOT) then return nil end
+  return real
+end
 
 function HttpChannel:found_terminator()
   if self.body_wanted then                    -- the body of a POST
@@ -74,43 +116,47 @@ function HttpChannel:found_terminator()
   if find(head, "GET /hello HTTP/1.1\r\n", 1, true) == 1 and not find(head, "onnection:", 20, true) then
     return self:push(HELLO)
   end
-  local sp1 = find(head, " ", 1, true)
-  local sp2 = sp1 and find(head, " ", sp1 + 1, true)
-  if not sp2 or sub(head, sp2 + 1, sp2 + 5) ~= "HTTP/" then
-    self.close_after = true
-    return self:respond(400, "bad request\n")
-  end
-  local method, path, version = sub(head, 1, sp1 - 1), sub(head, sp1 + 1, sp2 - 1), sub(head, sp2 + 6, sp2 + 8)
-  local connection = header(head, CONNECTION)
-  connection = connection and lower(connection)
+  self.head_only = false
+  local method, target, version, headers = parse_head(head)
+  if not method or sub(target, 1, 1) ~= "/" then return self:fail(400, "bad request\n") end
+  self.head_only = method == "HEAD"
+  local connection = headers.connection and lower(headers.connection)
   if version == "1.0" then
     self.close_after = connection ~= "keep-alive"
   else
     self.close_after = connection == "close"
   end
-  if method == "GET" and path == "/hello" then
-    self:push(HELLO)
-    if self.close_after then self:close_when_done() end
-    return
+  local te = headers["transfer-encoding"]
+  if te and lower(te) ~= "identity" then     -- chunked request bodies: not handled here
+    return self:fail(501, "transfer-encoding not supported\n")
+  end
+  local length = headers["content-length"]
+  if length then
+    length = find(length, "^%d+$") and math.tointeger(tonumber(length))
+    if not length then return self:fail(400, "bad content-length\n") end
   end
   if method == "POST" then
-    local length = tonumber(header(head, CONTENT_LENGTH))
-    if path ~= "/echo" then return self:respond(404, "not found\n") end
-    if not length or length > MAX_BODY then
-      self.close_after = true
-      return self:respond(413, "body too large or without length\n")
+    if target ~= "/echo" then
+      if length and length > 0 then return self:fail(404, "not found\n") end
+      return self:respond(404, "not found\n")
     end
+    if not length then return self:fail(411, "content-length required\n") end
+    if length > MAX_BODY then return self:fail(413, "body too large\n") end
+    local expect = headers.expect and lower(headers.expect)
+    if expect and expect ~= "100-continue" then return self:fail(417, "expectation failed\n") end
     if length == 0 then return self:respond(200, "") end
+    if expect then self:push("HTTP/1.1 100 Continue\r\n\r\n") end
     self.body_wanted = true
     self:set_terminator(length)               -- the body: a byte count
     return
   end
+  if length and length > 0 then               -- a body we do not read: framing is lost
+    return self:fail(400, "unexpected body\n")
+  end
   if method ~= "GET" and method ~= "HEAD" then return self:respond(405, "method not allowed\n") end
-  path = path:gsub("%?.*", ""):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  if path:find("%.%.") then return self:respond(404, "not found\n") end
-  local file = root .. path
-  if path:sub(-1) == "/" then file = file .. "index.html" end
-  local f = io.open(file, "rb")
+  if target == "/hello" then return self:respond(200, "Hello, world!") end
+  local file = resolve(target)
+  local f = file and io.open(file, "rb")
   local size
   if f then
     local _, dir_error = f:read(0)            -- a directory opens, but does not read
@@ -122,9 +168,11 @@ function HttpChannel:found_terminator()
   end
   f:seek("set")
   local ctype = TYPES[file:match("%.(%w+)$") or ""] or "application/octet-stream"
-  self:push(("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: %s\r\n\r\n"):format(size, ctype))
+  self:push(("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: %s\r\n%s\r\n")
+    :format(size, ctype, self.close_after and "Connection: close\r\n" or ""))
   if method == "GET" then
-    self:push_with_producer(FileProducer(f))
+    self.producer = FileProducer(f)
+    self:push_with_producer(self.producer)
   else
     f:close()
   end
@@ -146,5 +194,5 @@ function HttpServer:handle_accepted(sock)
 end
 
 local server = HttpServer(host, port)
-io.stderr:write(("http server on http://%s:%d/ serving %s\n"):format(host, server.socket:getsockname()[2], root))
+io.stderr:write(("http server on http://%s:%d/ serving %s\n"):format(host, server.socket:getsockname()[2], ROOT))
 asyncore.loop()

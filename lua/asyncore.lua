@@ -42,6 +42,8 @@ M.is_error = core.is_error
 M.backends = core.backends
 M.call_later = core.call_later
 M.call_every = core.call_every
+--- `realpath(path)`: the canonical absolute path, or nil and an error table.
+M.realpath = core.realpath
 --- The monotonic clock of the timers, in seconds (a float): `timer.deadline` is on it.
 M.now = core.now
 M.Object = Object

@@ -170,6 +170,7 @@ int lsocket_new(lua_State *L);
 int lsocket_wrapfd(lua_State *L);
 int lsocket_fileno_of(lua_State *L);
 int lsocket_discard_urgent(lua_State *L);
+int lsocket_realpath(lua_State *L);
 int ac_accept(lua_State *L, ac_socket *s, int *errp);
 
 /* lloop.c */

@@ -40,6 +40,7 @@ static const luaL_Reg core_funcs[] = {
     {"wrapfd", lsocket_wrapfd},
     {"fileno_of", lsocket_fileno_of},
     {"discard_urgent", lsocket_discard_urgent},
+    {"realpath", lsocket_realpath},
     {"is_error", lerror_is_error},
     {NULL, NULL}
 };

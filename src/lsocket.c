@@ -311,6 +311,27 @@ int lsocket_discard_urgent(lua_State *L)
     return 0;
 }
 
+/*
+** asyncore.realpath(path): the canonical absolute path (symbolic links,
+** "." and ".." resolved), or nil and an error table when it does not exist.
+** For servers that must keep what they serve inside a directory.
+*/
+int lsocket_realpath(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    if (strlen(path) != lua_rawlen(L, 1))
+        return luaL_argerror(L, 1, "path contains a zero byte");
+    char *r = realpath(path, NULL);
+    if (r == NULL) {
+        lua_pushnil(L);
+        ac_pusherror(L, "realpath", errno, NULL);
+        return 2;
+    }
+    lua_pushstring(L, r);
+    free(r);
+    return 1;
+}
+
 /* ---- methods ---- */
 
 static int lsock_fileno(lua_State *L)
