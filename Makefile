@@ -4,7 +4,7 @@
 #   make test       run the busted specs under Lua 5.4; last line "N passed, N failed"
 #   make check      the specs under AddressSanitizer + UBSan, then under valgrind memcheck,
 #                   then the kqueue backend over an emulation (make check-kqueue)
-#   make bench      examples/echo_server.lua against Python's asyncore (bench/README.md)
+#   make bench      the examples against Python, luv and redis-server (bench/README.md)
 #   make install PREFIX=/usr/local
 
 LUA       ?= lua5.4
@@ -80,6 +80,7 @@ check-kqueue:
 bench: $(SO)
 	sh bench/run.sh
 	sh bench/http.sh
+	sh bench/redis.sh
 
 install: $(SO)
 	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore

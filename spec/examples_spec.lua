@@ -107,7 +107,11 @@ describe("the examples", function()
     assert.equal("1000\n", cli("get key:1000"))
   end)
 
-  it("http_server.lua gives back the memory of closed channels at once", function()
+  -- under AddressSanitizer freed memory sits in its quarantine (256 MiB): the
+  -- resident size says nothing there
+  local asan = (os.getenv("LD_PRELOAD") or ""):find("asan") ~= nil
+  local it_rss = asan and pending or it
+  it_rss("http_server.lua gives back the memory of closed channels at once", function()
     local port = free_port()
     local server = start(H.LUA .. " examples/http_server.lua 127.0.0.1 " .. port)
     server.wait_line("http server on")
