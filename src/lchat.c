@@ -533,7 +533,9 @@ static int lchat_push(lua_State *L)
     const char *p = lua_tolstring(L, 2, &len);
     if (len == 0)
         return 0;
-    if (!queue_empty(c) || c->framing)
+    /* while a batch is framed, gather: unless this is its last frame (nothing
+    ** more is buffered), which goes straight out as outside a batch */
+    if (!queue_empty(c) || (c->framing && buffer_len(&c->in) > 0))
         return enqueue(L, c);
     int cls = chat_class(L, c);
     int stock = chat_stock(L, c, K_INITIATE_SEND, cls);
