@@ -14,9 +14,17 @@ description = {
     sockets, the timers and all the buffering.
   ]],
   license = "MIT",
+  homepage = "https://example.invalid/lua-asyncore",
+  labels = { "networking", "event-loop", "asyncore", "asynchat" },
 }
+supported_platforms = { "linux", "bsd", "macosx" }
 dependencies = {
   "lua >= 5.4, < 5.5",
+}
+test = {
+  -- the specs under Lua 5.4 (Debian's `busted` command runs Lua 5.1)
+  type = "command",
+  command = "make test",
 }
 build = {
   type = "builtin",

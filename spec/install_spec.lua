@@ -25,6 +25,23 @@ describe("installation", function()
     assert.matches("served installed rock", out)
   end
 
+  it("has a rockspec that luarocks lint accepts, with a test section and the platforms", function()
+    if not H.capture("command -v luarocks"):match("luarocks") then
+      return pending("luarocks is not installed")
+    end
+    local out, status = sh("luarocks --lua-version 5.4 lint lua-asyncore-*.rockspec")
+    assert.equal(0, status, out)
+    local spec = {}
+    local path = H.capture("ls lua-asyncore-*.rockspec"):gsub("%s+$", "")
+    local f = assert(io.open(path))
+    assert(load(f:read("a"), "rockspec", "t", spec))()
+    f:close()
+    assert.equal("MIT", spec.description.license)
+    assert.is_string(spec.description.homepage)
+    assert.same({ "linux", "bsd", "macosx" }, spec.supported_platforms)
+    assert.equal("command", spec.test.type)
+  end)
+
   it("builds and installs the rock offline with luarocks make", function()
     if not H.capture("command -v luarocks"):match("luarocks") then
       return pending("luarocks is not installed")
