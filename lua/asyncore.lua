@@ -267,9 +267,10 @@ function dispatcher:close()
   rawset(self, "accepting", false)
   rawset(self, "connecting", false)
   self:del_channel()
+  -- async_chat's buffers go first: once the peer sees the end, they are freed
+  if rawget(self, "_chat") ~= nil then chat_release(self) end
   local s = self.socket
   if s ~= nil then s:close() end          -- frees dispatcher_with_send's buffer too
-  if rawget(self, "_chat") ~= nil then chat_release(self) end   -- async_chat's buffers, now
 end
 
 function dispatcher:log(message)
