@@ -40,6 +40,14 @@ describe("installation", function()
     assert.is_string(spec.description.homepage)
     assert.same({ "linux", "bsd", "macosx" }, spec.supported_platforms)
     assert.equal("command", spec.test.type)
+    -- the C core's sources are every src/*.c
+    local listed = {}
+    for _, f in ipairs(spec.build.modules["asyncore.core"].sources) do listed[#listed + 1] = f end
+    table.sort(listed)
+    local present = {}
+    for f in H.capture("ls src/*.c"):gmatch("%S+") do present[#present + 1] = f end
+    table.sort(present)
+    assert.same(present, listed)
   end)
 
   it("builds and installs the rock offline with luarocks make", function()

@@ -16,36 +16,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
-#include "lac.h"
-#include "clock.h"
+#include "lchan.h"
+#include "lerror.h"
+#include "lmode.h"
 #include "errnames.h"
 
 #define ACCEPT_BATCH 64      /* connections taken per readiness event */
 #define ACCEPT_PAUSE 0.1     /* seconds a listener rests when out of descriptors */
-
-/*
-** Call chan:name(args...) with the nargs values on the stack top; they are
-** popped. Errors propagate (the loop's pcall catches them). Runs Lua code.
-*/
-int ac_call_method(lua_State *L, int chan, enum ac_key name, int nargs)
-{
-    chan = lua_absindex(L, chan);
-    if (nargs == 0) {   /* the common case: no shuffling */
-        ac_pushkey(L, name);
-        lua_gettable(L, chan);
-        lua_pushvalue(L, chan);
-        lua_call(L, 1, 0);
-        return 0;
-    }
-    ac_pushkey(L, name);
-    lua_gettable(L, chan);
-    lua_insert(L, -(nargs + 1));
-    lua_pushvalue(L, chan);
-    lua_insert(L, -(nargs + 1));
-    lua_call(L, nargs + 1, 0);
-    return 0;
-}
-
 
 static void set_field(lua_State *L, int chan, enum ac_key k, int v)
 {
@@ -94,9 +71,9 @@ static int lchan_recv(lua_State *L)
     ac_state *S = STATE(L);
     char *buf = ac_rbuf(S, (size_t)n);
     if (buf == NULL)
-        return ac_raise(L, "recv", ENOMEM);
+        return ac_raise_nomem(L, "recv");
     size_t got, cap = (size_t)n < S->rbufsize ? (size_t)n : S->rbufsize;
-    int err = sock_recv(s->fd, s->flags & SF_FILE, buf, cap, &got);
+    int err = s->tp->read(s, buf, cap, &got);
     if (err == 0 && got > 0) {
         lua_pushlstring(L, buf, got);
         return 1;
@@ -115,7 +92,7 @@ static int lchan_send(lua_State *L)
     ac_socket *s = ac_checkchan(L, 1, "send");
     size_t n, sent;
     const char *p = luaL_checklstring(L, 2, &n);
-    int err = sock_send(s->fd, s->flags & SF_FILE, p, n, &sent);
+    int err = s->tp->write(s, p, n, &sent);
     if (err == 0) {
         lua_pushinteger(L, (lua_Integer)sent);
         return 1;
@@ -136,7 +113,7 @@ static int flush_out(lua_State *L, ac_socket *s)
 {
     while (buffer_len(&s->out) > 0) {
         size_t sent;
-        int err = sock_send(s->fd, s->flags & SF_FILE, buffer_begin(&s->out), buffer_len(&s->out), &sent);
+        int err = s->tp->write(s, buffer_begin(&s->out), buffer_len(&s->out), &sent);
         if (err == EAGAIN)
             return 0;
         if (err) {
@@ -170,7 +147,7 @@ static int lds_send(lua_State *L)
     }
     size_t sent = 0;
     if (buffer_len(&s->out) == 0 && !(s->flags & SF_CONNECTING)) {
-        int err = sock_send(s->fd, s->flags & SF_FILE, p, n, &sent);
+        int err = s->tp->write(s, p, n, &sent);
         if (err && err != EAGAIN) {
             if (ac_is_disconnect(err)) {
                 peer_gone(L, 1);
@@ -182,7 +159,7 @@ static int lds_send(lua_State *L)
     }
     if (sent < n) {
         if (buffer_append(&s->out, p + sent, n - sent) != 0)
-            return ac_raise(L, "send", ENOMEM);
+            return ac_raise_nomem(L, "send");
         ac_update_interest(L, 1, s);
     }
     lua_pushinteger(L, (lua_Integer)n);
@@ -250,6 +227,31 @@ static int lchan_accept(lua_State *L)
     return 1;
 }
 
+/*
+** A pass hook (lreg.h): listeners whose EMFILE rest is over listen again; the
+** others bound the wait to the end of their rest.
+*/
+static void resume_paused(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us)
+{
+    for (int fd = 0; fd < ms->nregs && ms->npaused > 0; fd++) {
+        ac_socket *s = ms->socks[fd];
+        if (s == NULL || s->paused_until <= 0)
+            continue;
+        if (s->paused_until <= now) {
+            s->paused_until = 0;
+            ms->npaused--;
+            lua_rawgeti(L, map, fd);
+            if (ac_chansock(L, -1) == s)
+                ac_update_interest(L, lua_gettop(L), s);
+            lua_pop(L, 1);
+        } else {
+            int64_t left = ac_us_until(s->paused_until, now);
+            if (*wait_us < 0 || left < *wait_us)
+                *wait_us = left;
+        }
+    }
+}
+
 /* dispatcher:handle_accept(): accept() then handle_accepted(sock, addr) */
 static int lchan_handle_accept(lua_State *L)
 {
@@ -289,13 +291,6 @@ static int lchan_handle_connect_event(lua_State *L)
         ac_update_interest(L, 1, s);
     }
     return 0;
-}
-
-/* still the same open socket after a Lua call? */
-static ac_socket *same(lua_State *L, int chan, uint32_t gen)
-{
-    ac_socket *s = ac_chansock(L, chan);
-    return (s && !sock_isclosed(s) && s->gen == gen) ? s : NULL;
 }
 
 /*
@@ -399,7 +394,7 @@ int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
         for (int i = 0; i < ACCEPT_BATCH; i++) {
             s->flags &= ~SF_ACCEPTED;
             call_handle_accept(L, chan);
-            s = same(L, chan, gen);
+            s = ac_chan_same(L, chan, gen);
             if (s == NULL || !(s->flags & SF_ACCEPTED) || s->paused_until > 0 ||
                 !ac_rawbool(L, chan, K_ACCEPTING))
                 break;
@@ -409,7 +404,7 @@ int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
     if ((s->flags & SF_CONNECTING) && !ac_rawbool(L, chan, K_CONNECTED) &&
         ac_rawbool(L, chan, K_CONNECTING)) {
         ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
-        if (same(L, chan, gen) == NULL)
+        if (ac_chan_same(L, chan, gen) == NULL)
             return 0;
     }
     ac_call_method(L, chan, K_HANDLE_READ, 0);
@@ -425,7 +420,7 @@ int ac_chan_write_event(lua_State *L, int chan, ac_socket *s)
         ac_rawbool(L, chan, K_CONNECTING)) {
         uint32_t gen = s->gen;
         ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
-        if (same(L, chan, gen) == NULL)
+        if (ac_chan_same(L, chan, gen) == NULL)
             return 0;
     }
     ac_call_method(L, chan, K_HANDLE_WRITE, 0);
@@ -457,12 +452,6 @@ static int lchan_fileno(lua_State *L)
     return 1;
 }
 
-const lua_CFunction ac_stock_readable = lchan_readable;
-const lua_CFunction ac_stock_writable = lchan_writable;
-const lua_CFunction ac_stock_ds_writable = lds_writable;
-const lua_CFunction ac_stock_read_event = lchan_handle_read_event;
-const lua_CFunction ac_stock_write_event = lchan_handle_write_event;
-
 static const luaL_Reg chan_funcs[] = {
     {"recv", lchan_recv}, {"send", lchan_send}, {"accept", lchan_accept},
     {"readable", lchan_readable}, {"writable", lchan_writable},
@@ -483,6 +472,12 @@ static const luaL_Reg ds_funcs[] = {
 /* adds core.dispatcher and core.dispatcher_with_send to the module table on top */
 void ac_chan_open(lua_State *L, int st, int mt)
 {
+    ac_stock_register(AC_STOCK_READABLE, lchan_readable);
+    ac_stock_register(AC_STOCK_WRITABLE, lchan_writable);
+    ac_stock_register(AC_STOCK_DS_WRITABLE, lds_writable);
+    ac_stock_register(AC_STOCK_READ_EVENT, lchan_handle_read_event);
+    ac_stock_register(AC_STOCK_WRITE_EVENT, lchan_handle_write_event);
+    ac_add_pass_hook(resume_paused);
     lua_newtable(L);
     ac_setfuncs(L, chan_funcs, st, mt);
     lua_setfield(L, -2, "dispatcher");

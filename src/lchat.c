@@ -27,9 +27,12 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include "lac.h"
+#include "lchat.h"
+#include "lerror.h"
+#include "lmode.h"
 
 #define CHAT_MT "asyncore.chat"
+#define AC_CHAT_MAGIC UINT64_C(0x6c75612d61632d63)   /* "lua-ac-c": see AC_SOCK_MAGIC */
 #define GATHER_MAX 64            /* strings per sendmsg() */
 
 enum { TERM_NONE, TERM_STRING, TERM_COUNT };
@@ -234,7 +237,9 @@ static void sync_socket(lua_State *L, int chan, ac_chat *c)
     sync_sock(L, chan, c, ac_chansock(L, chan));
 }
 
-void ac_chat_attach(lua_State *L, int chan, ac_socket *s)
+/* lmode.c calls it when the channel joins a map: mark the socket with the
+** queue state */
+static void chat_attach(lua_State *L, int chan, ac_socket *s)
 {
     ac_pushkey(L, K_CHAT);
     lua_rawget(L, chan);
@@ -260,7 +265,7 @@ static int lchat_set_terminator(lua_State *L)
         luaL_argcheck(L, n > 0, 2, "the terminator must not be an empty string");
         char *copy = malloc(n);
         if (copy == NULL)
-            return luaL_error(L, "not enough memory");
+            return ac_raise_nomem(L, "async_chat");
         memcpy(copy, p, n);
         free(c->term);
         c->term = copy;
@@ -301,7 +306,7 @@ static int lchat_collect(lua_State *L)
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
     if (buffer_append(&c->collected, p, n) != 0)
-        return luaL_error(L, "not enough memory");
+        return ac_raise_nomem(L, "async_chat");
     return 0;
 }
 
@@ -348,7 +353,7 @@ static void collect(lua_State *L, ac_chat *c, size_t n, int stock)
         return;
     if (stock) {
         if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
-            luaL_error(L, "not enough memory");
+            ac_raise_nomem(L, "async_chat");
         buffer_consume(&c->in, n);
         return;
     }
@@ -369,18 +374,7 @@ static size_t prefix_at_end(const ac_chat *c)
     return 0;
 }
 
-/*
-** Is the channel still open? The socket is anchored on the caller's stack,
-** so its memory is valid whatever the handlers did; once it is closed,
-** framing stops (a handler that closes the channel gets no further
-** found_terminator for data that was already buffered).
-*/
-static int chat_alive(ac_socket *s)
-{
-    return !sock_isclosed(s);
-}
-
-static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock);
+static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stock);
 
 /*
 ** async_chat:handle_read(): read up to ac_in_buffer_size bytes into `in`,
@@ -404,29 +398,27 @@ static int lchat_handle_read(lua_State *L)
     if (want > (1 << 24))
         want = 1 << 24;
     if (buffer_reserve(&c->in, (size_t)want) != 0)
-        return luaL_error(L, "not enough memory");
+        return ac_raise_nomem(L, "async_chat");
     size_t got;
-    int err = sock_recv(s->fd, s->flags & SF_FILE, c->in.data + c->in.last, (size_t)want, &got);
+    int err = s->tp->read(s, c->in.data + c->in.last, (size_t)want, &got);
     if (err == EAGAIN)
         return 0;
     if (err == 0 && got == 0)
         err = ECONNRESET;   /* end of stream: handled like a vanished peer */
     if (err) {
         if (ac_is_disconnect(err))
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
         return ac_raise(L, "recv", err);
     }
     c->in.last += got;
-    frame(L, c, s, chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls));
-    if (!chat_alive(s))
+    uint32_t gen = s->gen;
+    frame(L, c, s, gen, chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls));
+    if (!ac_sock_same(s, gen))
         return 0;
     if (!queue_empty(c)) {        /* what the batch pushed: one write */
         call_initiate_send(L, c, 2);
         lua_settop(L, 2);
-        ac_pushkey(L, K_SOCKET);
-        lua_rawget(L, 1);         /* 3: the socket again (anchors s) */
-        s = ac_tosock(L, 3);
-        if (s == NULL || !chat_alive(s))
+        if (ac_chan_same(L, 1, gen) == NULL)
             return 0;
     }
 
@@ -445,10 +437,11 @@ static int lchat_handle_read(lua_State *L)
 /*
 ** Deliver the frames `in` holds: collect_incoming_data / found_terminator as
 ** Python's asynchat does, until the data runs out or a handler closes the
-** channel (s is anchored by the caller). Pushes made meanwhile are queued
-** (c->framing), so a pipelined batch is answered with one write.
+** channel (its socket s, anchored by the caller, is no longer open with
+** generation gen). Pushes made meanwhile are queued (c->framing), so a
+** pipelined batch is answered with one write.
 */
-static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
+static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stock)
 {
     c->framing = 1;
     while (buffer_len(&c->in) > 0) {
@@ -459,7 +452,7 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
         } else if (c->kind == TERM_COUNT) {
             if ((lua_Integer)lb < c->count) {
                 collect(L, c, lb, stock);   /* the collector sees the count before it drops */
-                if (!chat_alive(s))
+                if (!ac_sock_same(s, gen))
                     break;
                 if (c->kind == TERM_COUNT)
                     c->count -= (lua_Integer)lb;
@@ -467,7 +460,7 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
                 size_t n = (size_t)c->count;
                 c->count = 0;
                 collect(L, c, n, stock);
-                if (!chat_alive(s))
+                if (!ac_sock_same(s, gen))
                     break;
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
             }
@@ -478,7 +471,7 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
                 size_t tl = c->termlen;
                 c->scanned = 0;
                 collect(L, c, idx, stock);
-                if (!chat_alive(s))
+                if (!ac_sock_same(s, gen))
                     break;
                 buffer_consume(&c->in, tl);
                 ac_call_method(L, 1, K_FOUND_TERMINATOR, 0);
@@ -490,7 +483,7 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, int stock)
                     break;
             }
         }
-        if (!chat_alive(s))
+        if (!ac_sock_same(s, gen))
             break;
     }
     c->framing = 0;
@@ -548,10 +541,10 @@ static int lchat_push(lua_State *L)
     }
     lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, cls);
     size_t sent = 0;
-    int err = sock_send(s->fd, 0, p, len < (size_t)obs ? len : (size_t)obs, &sent);
+    int err = s->tp->write(s, p, len < (size_t)obs ? len : (size_t)obs, &sent);
     if (err && err != EAGAIN) {
         if (ac_is_disconnect(err))
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
         return ac_raise(L, "send", err);
     }
     if (sent == len)
@@ -635,7 +628,7 @@ static int initiate_send(lua_State *L, ac_chat *c)
         if (t == LUA_TBOOLEAN) {             /* close_when_done */
             pop_head(L, 3, c);
             sync_sock(L, 1, c, s);
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
         }
         if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
             int callable = t == LUA_TFUNCTION;
@@ -700,16 +693,13 @@ static int initiate_send(lua_State *L, ac_chat *c)
             n = 1;
             total = iov[0].iov_len;
         }
-        if (n == 1)
-            err = sock_send(s->fd, s->flags & SF_FILE, iov[0].iov_base, iov[0].iov_len, &sent);
-        else
-            err = sock_sendv(s->fd, iov, n, &sent);
+        err = s->tp->writev(s, iov, n, &sent);
         if (err == EAGAIN)
             break;
         if (err) {
             if (ac_is_disconnect(err)) {
                 sync_sock(L, 1, c, s);
-                return ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+                return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
             }
             sync_sock(L, 1, c, s);
             return ac_raise(L, "send", err);
@@ -767,7 +757,6 @@ static int lchat_buffered(lua_State *L)
     return 2;
 }
 
-const lua_CFunction ac_stock_chat_writable = lchat_writable;
 
 static const luaL_Reg chat_funcs[] = {
     {"set_terminator", lchat_set_terminator}, {"get_terminator", lchat_get_terminator},
@@ -793,6 +782,8 @@ void ac_chat_meta(lua_State *L, int st)
 
 void ac_chat_open(lua_State *L, int st, int mt)
 {
+    ac_stock_register(AC_STOCK_CHAT_WRITABLE, lchat_writable);
+    ac_mode_on_chat(chat_attach);
     lua_newtable(L);
     ac_setfuncs(L, chat_funcs, st, mt);
     lua_setfield(L, -2, "chat");

@@ -6,7 +6,15 @@
 #include "config.h"
 #include <stdlib.h>
 #include <string.h>
-#include "lac.h"
+#include "lbind.h"
+#include "lerror.h"
+#include "lsocket.h"
+#include "lreg.h"
+#include "lmode.h"
+#include "ltimer.h"
+#include "lchan.h"
+#include "lchat.h"
+#include "lloop.h"
 
 static int state_gc(lua_State *L)
 {
@@ -75,15 +83,19 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_chat_meta(L, st);
     lua_newtable(L);                                          /* state, sockmt */
     int mt = lua_gettop(L);
+    ac_bind_open(L, st, mt);
     ac_error_open(L);
     ac_socket_open(L, st, mt);
 
     lua_newtable(L);                                          /* state, sockmt, core */
     ac_setfuncs(L, core_funcs, st, mt);
-    ac_loop_open(L, st, mt);
+    /* bottom to top: each file uses only those opened before it */
+    ac_reg_open(L, st, mt);
+    ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);
     ac_chan_open(L, st, mt);
     ac_chat_open(L, st, mt);
+    ac_loop_open(L, st, mt);
     lua_pushliteral(L, AC_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lua_pushvalue(L, -2);

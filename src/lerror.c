@@ -11,7 +11,7 @@
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
-#include "lac.h"
+#include "lerror.h"
 #include "errnames.h"
 
 #define ERROR_MT "asyncore.error"
@@ -77,14 +77,19 @@ int ac_raise(lua_State *L, const char *op, int err)
     return lua_error(L);
 }
 
-int ac_raise_at(lua_State *L, const char *op, int err, const ac_sockaddr *a)
+int ac_raise_at(lua_State *L, const char *op, int err, const char *address)
 {
     ac_pusherror(L, op, err, NULL);
-    if (a != NULL) {
-        ac_pushaddrtext(L, a);
+    if (address != NULL) {
+        lua_pushstring(L, address);
         lua_setfield(L, -2, "address");
     }
     return lua_error(L);
+}
+
+int ac_raise_nomem(lua_State *L, const char *op)
+{
+    return ac_raise(L, op, ENOMEM);
 }
 
 int ac_raise_closed(lua_State *L, const char *op)

@@ -18,7 +18,8 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <sys/un.h>
-#include "lac.h"
+#include "lsocket.h"
+#include "lerror.h"
 
 #define RBUF_MAX (4u << 20)   /* recv(n) reads at most this much at once */
 
@@ -37,15 +38,6 @@ char *ac_rbuf(ac_state *S, size_t n)
     return S->rbuf;
 }
 
-/* the userdata at idx if it is `size` bytes and starts with `magic`, else NULL */
-void *ac_testud(lua_State *L, int idx, size_t size, uint64_t magic)
-{
-    void *p = lua_touserdata(L, idx);
-    if (p != NULL && lua_rawlen(L, idx) == size && *(const uint64_t *)p == magic)
-        return p;
-    return NULL;
-}
-
 ac_socket *ac_tosock(lua_State *L, int idx)
 {
     return ac_testud(L, idx, sizeof(ac_socket), AC_SOCK_MAGIC);
@@ -61,6 +53,72 @@ ac_socket *ac_checksock(lua_State *L, int idx, const char *op)
     return s;
 }
 
+/* ---- the plain transport: the system calls themselves ---- */
+
+static int plain_read(ac_socket *s, char *p, size_t n, size_t *got)
+{
+    return sock_recv(s->fd, s->flags & SF_FILE, p, n, got);
+}
+
+static int plain_write(ac_socket *s, const char *p, size_t n, size_t *sent)
+{
+    return sock_send(s->fd, s->flags & SF_FILE, p, n, sent);
+}
+
+static int plain_writev(ac_socket *s, struct iovec *iov, int iovcnt, size_t *sent)
+{
+    if (s->flags & SF_FILE)   /* a pipe: one piece at a time */
+        return sock_send(s->fd, 1, iov[0].iov_base, iov[0].iov_len, sent);
+    if (iovcnt == 1)
+        return sock_send(s->fd, 0, iov[0].iov_base, iov[0].iov_len, sent);
+    return sock_sendv(s->fd, iov, iovcnt, sent);
+}
+
+static int plain_shutdown(ac_socket *s, int how)
+{
+    return sock_shutdown(s->fd, how);
+}
+
+static void plain_close(ac_socket *s)
+{
+    (void)s;
+}
+
+const ac_transport ac_plain_transport = {
+    "plain", plain_read, plain_write, plain_writev, plain_shutdown, plain_close, NULL
+};
+
+void (*ac_sock_unregister)(struct ac_mapstate *ms, ac_socket *s) = NULL;
+
+ac_socket *ac_chansock(lua_State *L, int chan)
+{
+    if (lua_type(L, chan) != LUA_TTABLE)
+        return NULL;
+    chan = lua_absindex(L, chan);
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, chan);
+    ac_socket *s = ac_tosock(L, -1);
+    lua_pop(L, 1);
+    return s;
+}
+
+ac_socket *ac_checkchan(lua_State *L, int chan, const char *op)
+{
+    luaL_checktype(L, chan, LUA_TTABLE);
+    ac_socket *s = ac_chansock(L, chan);
+    if (s == NULL)
+        luaL_error(L, "%s: the dispatcher has no socket", op);
+    if (sock_isclosed(s))
+        ac_raise_closed(L, op);
+    return s;
+}
+
+ac_socket *ac_chan_same(lua_State *L, int chan, uint32_t gen)
+{
+    ac_socket *s = ac_chansock(L, chan);
+    return (s && !sock_isclosed(s) && s->gen == gen) ? s : NULL;
+}
+
 ac_socket *ac_newsock(lua_State *L)
 {
     ac_socket *s = lua_newuserdatauv(L, sizeof *s, 1);
@@ -69,6 +127,7 @@ ac_socket *ac_newsock(lua_State *L)
     s->fd = -1;
     s->cidx = -1;
     s->mapfd = -1;
+    s->tp = &ac_plain_transport;
     buffer_init(&s->out);
     lua_pushvalue(L, lua_upvalueindex(UP_SOCKMT));
     lua_setmetatable(L, -2);
@@ -79,9 +138,11 @@ ac_socket *ac_newsock(lua_State *L)
 void ac_sock_close(lua_State *L, ac_socket *s)
 {
     (void)L;
-    if (s->ms)
-        ms_unregister(s->ms, s);
+    if (s->ms && ac_sock_unregister)
+        ac_sock_unregister(s->ms, s);
     if (s->fd >= 0) {
+        s->tp->close(s);
+        s->tp = &ac_plain_transport;
         sock_close(s->fd);
         s->fd = -1;
     }
@@ -141,6 +202,17 @@ void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a)
 ** Read an address at idx for socket s: a path string for a Unix socket, a
 ** {host, port} table, or host and port as two arguments (then *nargs is 2).
 */
+/* raise err of op, naming the address a (when known) */
+static int raise_at(lua_State *L, const char *op, int err, const ac_sockaddr *a)
+{
+    const char *text = NULL;
+    if (a != NULL) {
+        ac_pushaddrtext(L, a);
+        text = lua_tostring(L, -1);
+    }
+    return ac_raise_at(L, op, err, text);
+}
+
 /*
 ** An address of the other family than the socket's: say which family the
 ** socket has and how to get the other, instead of a resolver failure.
@@ -348,7 +420,7 @@ static int lsock_bind(lua_State *L)
     ac_checkaddr(L, 2, s, &a, NULL, "bind");
     int err = sock_bind(s->fd, &a);
     if (err)
-        return ac_raise_at(L, "bind", err, &a);
+        return raise_at(L, "bind", err, &a);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -364,7 +436,7 @@ static int lsock_listen(lua_State *L)
     int err = sock_listen(s->fd, (int)backlog);
     if (err) {
         ac_sockaddr a;
-        return ac_raise_at(L, "listen", err, sock_sockname(s->fd, &a) == 0 ? &a : NULL);
+        return raise_at(L, "listen", err, sock_sockname(s->fd, &a) == 0 ? &a : NULL);
     }
     s->flags |= SF_LISTENING;
     lua_pushboolean(L, 1);
@@ -440,7 +512,7 @@ static int lsock_connect(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    return ac_raise_at(L, "connect", err, &a);
+    return raise_at(L, "connect", err, &a);
 }
 
 /* the bytes of string arg idx from position i to j (Lua string.sub rules) */
@@ -485,7 +557,7 @@ static int lsock_recv(lua_State *L)
     }
     char *buf = ac_rbuf(STATE(L), (size_t)n);
     if (buf == NULL)
-        return ac_raise(L, "recv", ENOMEM);
+        return ac_raise_nomem(L, "recv");
     size_t got, cap = (size_t)n < STATE(L)->rbufsize ? (size_t)n : STATE(L)->rbufsize;
     int err = sock_recv(s->fd, s->flags & SF_FILE, buf, cap, &got);
     if (err == EAGAIN) {
@@ -519,7 +591,7 @@ static int lsock_recvfrom(lua_State *L)
     luaL_argcheck(L, n >= 0, 2, "negative size");
     char *buf = ac_rbuf(STATE(L), n > 0 ? (size_t)n : 1);
     if (buf == NULL)
-        return ac_raise(L, "recvfrom", ENOMEM);
+        return ac_raise_nomem(L, "recvfrom");
     size_t got, cap = (size_t)n < STATE(L)->rbufsize ? (size_t)n : STATE(L)->rbufsize;
     ac_sockaddr a;
     int err = sock_recvfrom(s->fd, buf, cap, &got, &a);

@@ -15,8 +15,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include "lac.h"
-#include "clock.h"
+#include "ltimer.h"
+#include "lerror.h"
 
 #define TIMER_MT "asyncore.timer"
 
@@ -66,7 +66,7 @@ static void arm(lua_State *L, ac_state *S, int idx, ac_timer *t, double delay)
     t->deadline = clock_now() + delay;
     t->seq = ++S->timer_seq;
     if (theap_push(&S->heap, t->deadline, t->seq, t->id) != 0)
-        luaL_error(L, "not enough memory");
+        ac_raise_nomem(L, "timer");
     t->cancelled = 0;
     if (!t->armed) {
         push_timers(L);
@@ -255,7 +255,7 @@ int ac_timers_run(lua_State *L, ac_state *S, int msgh)
             t->deadline = next;
             t->seq = ++S->timer_seq;
             if (theap_push(&S->heap, t->deadline, t->seq, t->id) != 0)
-                luaL_error(L, "not enough memory");
+                ac_raise_nomem(L, "timer");
         } else {
             disarm(L, S, t);
         }
@@ -268,34 +268,26 @@ int ac_timers_run(lua_State *L, ac_state *S, int msgh)
         for (int i = 1; i <= n; i++)
             lua_rawgeti(L, args, i);
         if (lua_pcall(L, n - 1, 0, msgh) != LUA_OK) {
+            /* a failed timer goes to handle_timer_error(err, traceback) */
             int e1 = lua_gettop(L);
-            lua_getiuservalue(L, lua_upvalueindex(1), UV_WRAPMT);
-            int wrapped = lua_getmetatable(L, e1) && lua_rawequal(L, -1, -2);
-            if (!wrapped) {
-                lua_settop(L, e1);
+            if (!ac_unwrap_error(L, e1)) {          /* ExitNow, Ctrl-C: leave the loop */
                 lua_replace(L, base + 1);
                 lua_settop(L, base + 1);
                 return 1;
             }
-            lua_settop(L, e1);
             lua_getiuservalue(L, lua_upvalueindex(1), UV_MODULE);
             lua_getfield(L, -1, "handle_timer_error");
-            lua_rawgeti(L, e1, 1);
-            lua_rawgeti(L, e1, 2);
+            lua_pushvalue(L, e1 + 1);
+            lua_pushvalue(L, e1 + 2);
             if (lua_pcall(L, 2, 0, msgh) != LUA_OK) {
                 int e2 = lua_gettop(L);
-                lua_getmetatable(L, e2);
-                lua_getiuservalue(L, lua_upvalueindex(1), UV_WRAPMT);
-                if (!lua_rawequal(L, -1, -2)) {
-                    lua_settop(L, e2);
+                if (!ac_unwrap_error(L, e2)) {
                     lua_replace(L, base + 1);
                     lua_settop(L, base + 1);
                     return 1;
                 }
-                lua_settop(L, e2);
-                lua_rawgeti(L, e2, 1);
                 fprintf(stderr, "asyncore: error in handle_timer_error: %s\n",
-                        luaL_tolstring(L, -1, NULL));
+                        luaL_tolstring(L, e2 + 1, NULL));
                 fflush(stderr);
             }
         }
@@ -309,21 +301,6 @@ static int ltimer_pending(lua_State *L)
 {
     lua_pushinteger(L, STATE(L)->ntimers);
     return 1;
-}
-
-/*
-** core.class_changed([key]): asyncore.class calls it whenever a class changes
-** (key: the field set; none when a class is made). A new class changes no
-** channel's mode, so only a predicate or event method set makes the loop
-** read the modes of its channels again.
-*/
-static int lcore_class_changed(lua_State *L)
-{
-    ac_state *S = STATE(L);
-    S->class_version++;
-    if (ac_is_mode_key(L, 1))
-        S->pred_version++;
-    return 0;
 }
 
 /* core.now(): the monotonic clock timers use, in seconds */
@@ -341,7 +318,7 @@ static const luaL_Reg timer_methods[] = {
 static const luaL_Reg timer_funcs[] = {
     {"call_later", ltimer_call_later}, {"call_every", ltimer_call_every},
     {"timers_pending", ltimer_pending}, {"now", ltimer_now},
-    {"class_changed", lcore_class_changed}, {NULL, NULL}
+    {NULL, NULL}
 };
 
 /* adds the timer functions to the module table on top */

@@ -1,0 +1,16 @@
+/*
+** lchat.h: asynchat's framing engine and output queue (lchat.c).
+*/
+#ifndef AC_LCHAT_H
+#define AC_LCHAT_H
+#include "lreg.h"
+#pragma GCC visibility push(hidden)
+
+/* the chat-state metatable: made before any function gets its upvalues */
+void ac_chat_meta(lua_State *L, int st);
+/* adds core.chat (the async_chat methods) and core.chat_new; registers the
+** stock writable and the attach hook (lmode.h) */
+void ac_chat_open(lua_State *L, int st, int mt);
+
+#pragma GCC visibility pop
+#endif

@@ -1,0 +1,79 @@
+/*
+** lreg.h: map states (lreg.c). Each map (socket_map or a script's own table)
+** has one: a poller and the registration of every channel added to it, by
+** descriptor: its socket, generation and registered interest. The map table
+** stays the truth for the script; the registration is what the poller knows.
+*/
+#ifndef AC_LREG_H
+#define AC_LREG_H
+#include "lsocket.h"
+#include "poller.h"
+#pragma GCC visibility push(hidden)
+
+/*
+** Channel modes (ac_socket.mode), read when a channel joins a map (lmode.c):
+** which of its predicates and event methods are the stock C ones. A stock
+** predicate is never called: its answer is computed here (ac_stock_mask).
+*/
+#define CM_RD_CUSTOM 0x01u  /* readable() is a Lua method: ask it every pass */
+#define CM_WR_TRUE   0x00u  /* dispatcher's writable(): always */
+#define CM_WR_SEND   0x02u  /* dispatcher_with_send's: not connected, or output waiting */
+#define CM_WR_CHAT   0x04u  /* async_chat's: the same, over its producer queue */
+#define CM_WR_CUSTOM 0x06u
+#define CM_WR_MASK   0x06u
+#define CM_RE_CUSTOM 0x08u  /* handle_read_event overridden */
+#define CM_WE_CUSTOM 0x10u  /* handle_write_event overridden */
+#define CM_CUSTOM_PRED(m) (((m) & CM_RD_CUSTOM) || ((m) & CM_WR_MASK) == CM_WR_CUSTOM)
+
+#define ac_chat_wants_write(s) (((s)->flags & SF_CHAT_PENDING) != 0)
+
+typedef struct ac_mapstate {
+    struct poller p;
+    struct ac_reg *regs;        /* fd -> {gen, registered mask} */
+    ac_socket **socks;          /* fd -> registered socket */
+    int nregs;
+    int *custom;                /* fds whose predicates are Lua methods */
+    int ncustom, capcustom;
+    int npaused;                /* listeners resting after EMFILE */
+    int nsocks;
+    uint32_t pred_version;      /* the pred_version the channels' modes were read at */
+} ac_mapstate;
+
+/* the map state of the table at `map`, created on first use; pushes it. With a
+** backend name, the state moves to that backend if it uses another. */
+ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend);
+/* make room for descriptor fd; 0 or ENOMEM */
+int ac_ms_grow(ac_mapstate *ms, int fd);
+/* set fd's registered interest; 0 or the poller's errno */
+int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask);
+/* raise a poller's refusal (select: "descriptor too large") */
+int ac_raise_setmask(lua_State *L, const char *backend, int fd, int err);
+void ac_ms_add_custom(ac_mapstate *ms, ac_socket *s, int *errp);
+void ac_ms_remove_custom(ac_mapstate *ms, ac_socket *s);
+void ac_ms_unregister(ac_mapstate *ms, ac_socket *s);
+/* the interest the stock predicates give the channel at chan (after the
+** transport's say) */
+unsigned ac_stock_mask(lua_State *L, int chan, ac_socket *s);
+/* recompute a stock channel's interest after its state changed; may raise */
+void ac_update_interest(lua_State *L, int chan, ac_socket *s);
+/* is the channel at chan still registration gen of fd in ms? its socket,
+** or NULL: the one way the pass asks it after running Lua code */
+ac_socket *ac_still(lua_State *L, int chan, ac_mapstate *ms, int fd, uint32_t gen);
+/* push the channel of socket s in the map it is registered in; 0 if none */
+int ac_push_channel_of(lua_State *L, ac_socket *s);
+/*
+** Pass hooks: the seam where per-channel timers (timeouts) and resumable
+** waiters (tasks) join the pass. Each registered hook runs at the start of
+** every pass of every map (map: the map table's stack index) and may shorten
+** the wait (*wait_us, < 0: none yet). The listeners' EMFILE rest is one.
+*/
+typedef void (*ac_pass_hook)(lua_State *L, ac_mapstate *ms, int map, ac_monotime now,
+                             int64_t *wait_us);
+void ac_add_pass_hook(ac_pass_hook h);
+void ac_run_pass_hooks(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us);
+
+/* core.release_map, core.map_backend, the map-state metatable */
+void ac_reg_open(lua_State *L, int st, int mt);
+
+#pragma GCC visibility pop
+#endif
