@@ -3,10 +3,10 @@
 ** writable() are Lua methods, wait (never past the next timer), dispatch what
 ** fired, run the timers that are due.
 **
-** Each map (socket_map or a script's own table) has a map state: a poller and
-** the registration of every channel added to it. The map stays the truth for
-** the script: the loop finds a channel with map[fd] and holds no reference to
-** it. A channel whose predicates are the stock ones costs nothing per pass:
+** A pass serves one map through its map state (lreg.c): the loop finds a
+** channel with map[fd] and holds no reference to it. Pass hooks (lreg.h) run
+** first and may shorten the wait. A channel whose predicates are the stock
+** ones costs nothing per pass:
 ** its interest is recomputed only when its state changes (an event for it, a
 ** send that buffers, a connect, a listen), and with epoll nothing is asked of
 ** the kernel unless that interest changed. Every fired event carries the

@@ -135,7 +135,7 @@ void ac_refresh_modes(lua_State *L, ac_state *S, ac_mapstate *ms, int map)
 ** a channel in a map, the channel's mode is read again at once, so the loop
 ** asks the new method from the next pass on, as Python's asyncore would.
 */
-static int lchan_newindex(lua_State *L)
+static int lmode_newindex(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 3);
@@ -159,7 +159,7 @@ static int lchan_newindex(lua_State *L)
 ** its mode (ms_apply_mode). A method set later on the instance is seen through
 ** dispatcher.__newindex, one set on a class before the next pass.
 */
-static int lchan_add_channel(lua_State *L)
+static int lmode_add_channel(lua_State *L)
 {
     ac_state *S = STATE(L);
     ac_socket *s = ac_checkchan(L, 1, "add_channel");
@@ -198,7 +198,7 @@ static int lchan_add_channel(lua_State *L)
 }
 
 /* dispatcher:del_channel([map]): leave the map and the poller */
-static int lchan_del_channel(lua_State *L)
+static int lmode_del_channel(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
@@ -219,7 +219,7 @@ static int lchan_del_channel(lua_State *L)
 }
 
 /* dispatcher update of stock interest: core.update_interest(self) */
-static int lchan_update(lua_State *L)
+static int lmode_update_interest(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
@@ -244,10 +244,10 @@ static int lmode_class_changed(lua_State *L)
 }
 
 static const luaL_Reg mode_funcs[] = {
-    {"add_channel", lchan_add_channel},
-    {"del_channel", lchan_del_channel},
-    {"update_interest", lchan_update},
-    {"chan_newindex", lchan_newindex},
+    {"add_channel", lmode_add_channel},
+    {"del_channel", lmode_del_channel},
+    {"update_interest", lmode_update_interest},
+    {"chan_newindex", lmode_newindex},
     {"class_changed", lmode_class_changed},
     {NULL, NULL}
 };
