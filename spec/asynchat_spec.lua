@@ -397,6 +397,39 @@ describe("asynchat", function()
     c:close(); peer:close()
   end)
 
+  it("still sends what a batch pushed before one of its handlers failed", function()
+    local Lines = asynchat.async_chat:extend()
+    local errors = 0
+    function Lines:init(sock) asynchat.async_chat.init(self, sock); self:set_terminator("\n") end
+    function Lines:found_terminator()
+      local line = self:get_data()
+      if line == "boom" then error("handler failed") end
+      self:push("+" .. line .. "\r\n")
+    end
+    function Lines:handle_error() errors = errors + 1 end   -- keeps the channel open
+    local c, peer = chat_pair(Lines)
+    peer:setblocking(false)
+    peer:send("one\ntwo\nboom\nthree\n")
+    local got = ""
+    H.run_until(function()
+      local d = peer:recv(65536)
+      if d then got = got .. d end
+      return #got >= #"+one\r\n+two\r\n"
+    end, 5)
+    assert.equal("+one\r\n+two\r\n", got)
+    assert.equal(1, errors)
+    -- the rest of the batch is framed at the next read, and answered
+    peer:send("four\n")
+    got = ""
+    H.run_until(function()
+      local d = peer:recv(65536)
+      if d then got = got .. d end
+      return #got >= #"+three\r\n+four\r\n"
+    end, 5)
+    assert.equal("+three\r\n+four\r\n", got)
+    c:close(); peer:close()
+  end)
+
   it("calls handle_overflow past max_in_buffer; the default logs and closes", function()
     local L = asynchat.async_chat:extend()
     local logged

@@ -418,8 +418,10 @@ static int lchat_handle_read(lua_State *L)
     if (!queue_empty(c)) {        /* what the batch pushed: one write */
         call_initiate_send(L, c, 2);
         lua_settop(L, 2);
-        if (ac_chan_same(L, 1, gen) == NULL)
+        s = ac_chan_same(L, 1, gen);
+        if (s == NULL)
             return 0;
+        ac_update_interest(L, 1, s);   /* write interest only if some is left */
     }
 
     if (buffer_len(&c->in) + buffer_len(&c->collected) == 0)
@@ -504,7 +506,12 @@ static int enqueue(lua_State *L, ac_chat *c)
     lua_rawseti(L, -2, c->tail++);
     lua_settop(L, 3);
     if (c->framing) {
-        sync_socket(L, 1, c);
+        /* marked, but the poller is told only after the batch (no system
+        ** call per batch when it all goes out at once); should a handler
+        ** fail first, the loop recomputes the channel's interest */
+        ac_socket *s = ac_chansock(L, 1);
+        if (s)
+            s->flags |= SF_CHAT_PENDING;
         return 0;
     }
     call_initiate_send(L, c, 3);

@@ -86,6 +86,12 @@ done:
             }
         }
     }
+    /* a handler that failed may have left its channel's state ahead of the
+    ** poller (async_chat marks output queued during a batch and tells the
+    ** poller after it): recompute a stock channel's interest */
+    ac_socket *s = ac_still(L, chan, ms, fd, gen);
+    if (s && !CM_CUSTOM_PRED(s->mode))
+        ac_update_interest(L, chan, s);
     lua_settop(L, e - 1);
     return 0;
 }
