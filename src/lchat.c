@@ -318,6 +318,24 @@ static int lchat_get_data(lua_State *L)
     return 1;
 }
 
+/* drop input, collected data and queued output of chat c (at ci); with
+** `release`, give the buffers' memory back too */
+static void drop_all(lua_State *L, ac_chat *c, int ci, int release)
+{
+    if (release) {
+        buffer_free(&c->in);
+        buffer_free(&c->collected);
+    } else {
+        buffer_clear(&c->in);
+        buffer_clear(&c->collected);
+    }
+    c->scanned = 0;
+    lua_newtable(L);
+    lua_setiuservalue(L, ci, 1);
+    c->head = c->tail = 1;
+    c->head_off = 0;
+}
+
 /*
 ** core.chat_release(self): the channel closed. Free its C buffers now, not
 ** at the next garbage collection (the collector does not see malloc'ed
@@ -333,13 +351,7 @@ static int lchat_release(lua_State *L)
     ac_chat *c = tochat(L, 2);
     if (c == NULL || c->finalized)
         return 0;
-    buffer_free(&c->in);
-    buffer_free(&c->collected);
-    c->scanned = 0;
-    lua_newtable(L);
-    lua_setiuservalue(L, 2, 1);
-    c->head = c->tail = 1;
-    c->head_off = 0;
+    drop_all(L, c, 2, 1);
     return 0;
 }
 
@@ -736,13 +748,7 @@ static int lchat_discard_buffers(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "discard_buffers");   /* 2: chat */
-    buffer_clear(&c->in);
-    buffer_clear(&c->collected);
-    c->scanned = 0;
-    lua_newtable(L);
-    lua_setiuservalue(L, 2, 1);
-    c->head = c->tail = 1;
-    c->head_off = 0;
+    drop_all(L, c, 2, 0);
     sync_socket(L, 1, c);
     return 0;
 }
