@@ -418,6 +418,16 @@ describe("asynchat", function()
     end, 5)
     assert.equal("+one\r\n+two\r\n", got)
     assert.equal(1, errors)
+    -- a push from outside any read (a timer, say) goes out at once: the failed
+    -- batch is over
+    c:push("late\r\n")
+    got = ""
+    H.run_until(function()
+      local d = peer:recv(65536)
+      if d then got = got .. d end
+      return #got >= #"late\r\n"
+    end, 5)
+    assert.equal("late\r\n", got)
     -- the rest of the batch is framed at the next read, and answered
     peer:send("four\n")
     got = ""

@@ -237,6 +237,24 @@ static void sync_socket(lua_State *L, int chan, ac_chat *c)
     sync_sock(L, chan, c, ac_chansock(L, chan));
 }
 
+void ac_chat_after_error(lua_State *L, int chan)
+{
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);
+    ac_chat *c = tochat(L, -1);
+    ac_socket *s;
+    if (c && !c->finalized && c->framing && (s = ac_chansock(L, chan)) != NULL &&
+        !sock_isclosed(s)) {
+        c->framing = 0;
+        if (queue_empty(c))
+            s->flags &= ~SF_CHAT_PENDING;
+        else
+            s->flags |= SF_CHAT_PENDING;
+        ac_update_interest(L, chan, s);   /* the batch never told the poller */
+    }
+    lua_pop(L, 1);
+}
+
 /* lmode.c calls it when the channel joins a map: mark the socket with the
 ** queue state */
 static void chat_attach(lua_State *L, int chan, ac_socket *s)

@@ -6,6 +6,9 @@
 #include "lreg.h"
 #pragma GCC visibility push(hidden)
 
+/* a handler of the channel at chan failed (the loop caught it): if it was
+** framing a batch, the batch is over; its queue state goes to the poller */
+void ac_chat_after_error(lua_State *L, int chan);
 /* the chat-state metatable: made before any function gets its upvalues */
 void ac_chat_meta(lua_State *L, int st);
 /* adds core.chat (the async_chat methods) and core.chat_new; registers the

@@ -26,6 +26,7 @@
 #include "lmode.h"
 #include "ltimer.h"
 #include "lchan.h"
+#include "lchat.h"
 
 /* stack slots of core.loop */
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
@@ -86,12 +87,11 @@ done:
             }
         }
     }
-    /* a handler that failed may have left its channel's state ahead of the
-    ** poller (async_chat marks output queued during a batch and tells the
-    ** poller after it): recompute a stock channel's interest */
+    /* a failed async_chat handler may have cut a batch short: end it, and
+    ** tell the poller about the output the batch queued */
     ac_socket *s = ac_still(L, chan, ms, fd, gen);
-    if (s && !CM_CUSTOM_PRED(s->mode))
-        ac_update_interest(L, chan, s);
+    if (s)
+        ac_chat_after_error(L, chan);
     lua_settop(L, e - 1);
     return 0;
 }
