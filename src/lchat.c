@@ -41,6 +41,8 @@ struct ac_chat {
     uint64_t magic;         /* AC_CHAT_MAGIC (see lac.h) */
     ac_buffer in;           /* received, not yet framed */
     ac_buffer collected;    /* the stock collect_incoming_data's store */
+    ac_buffer batch;        /* small pushes of the batch being framed, copied together
+                               while the queue is empty (they precede the queue) */
     int kind;               /* TERM_* */
     char *term;             /* TERM_STRING: the bytes */
     size_t termlen;
@@ -195,6 +197,7 @@ static int chat_gc(lua_State *L)
     c->finalized = 1;
     buffer_free(&c->in);
     buffer_free(&c->collected);
+    buffer_free(&c->batch);
     free(c->term);
     c->term = NULL;
     return 0;
@@ -208,6 +211,7 @@ static int lchat_new(lua_State *L)
     c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
     buffer_init(&c->collected);
+    buffer_init(&c->batch);
     c->kind = TERM_NONE;
     c->head = c->tail = 1;
     luaL_setmetatable(L, CHAT_MT);
@@ -217,6 +221,22 @@ static int lchat_new(lua_State *L)
 }
 
 #define queue_empty(c) ((c)->head == (c)->tail)
+/* output waiting: queued, or gathered in the batch buffer */
+#define out_pending(c) (!queue_empty(c) || buffer_len(&(c)->batch) > 0)
+#define BATCH_MAX 16384   /* pushes gathered by copy, per batch; more go to the queue */
+
+/* move the batch buffer's bytes to the end of the (then empty) queue of chat
+** c at ci, as one string: whatever is queued next comes after them */
+static void batch_to_queue(lua_State *L, ac_chat *c, int ci)
+{
+    if (buffer_len(&c->batch) == 0)
+        return;
+    lua_getiuservalue(L, ci, 1);
+    lua_pushlstring(L, buffer_begin(&c->batch), buffer_len(&c->batch));
+    lua_rawseti(L, -2, c->tail++);
+    lua_pop(L, 1);
+    buffer_clear(&c->batch);
+}
 
 /* mark the channel's socket with the queue state and update its interest */
 static void sync_sock(lua_State *L, int chan, ac_chat *c, ac_socket *s)
@@ -224,7 +244,7 @@ static void sync_sock(lua_State *L, int chan, ac_chat *c, ac_socket *s)
     if (s == NULL || sock_isclosed(s))
         return;
     unsigned before = s->flags;
-    if (queue_empty(c))
+    if (!out_pending(c))
         s->flags &= ~SF_CHAT_PENDING;
     else
         s->flags |= SF_CHAT_PENDING;
@@ -246,6 +266,7 @@ void ac_chat_after_error(lua_State *L, int chan)
     if (c && !c->finalized && c->framing && (s = ac_chansock(L, chan)) != NULL &&
         !sock_isclosed(s)) {
         c->framing = 0;
+        batch_to_queue(L, c, lua_gettop(L));
         if (queue_empty(c))
             s->flags &= ~SF_CHAT_PENDING;
         else
@@ -262,7 +283,7 @@ static void chat_attach(lua_State *L, int chan, ac_socket *s)
     ac_pushkey(L, K_CHAT);
     lua_rawget(L, chan);
     ac_chat *c = tochat(L, -1);
-    if (c && !queue_empty(c))
+    if (c && out_pending(c))
         s->flags |= SF_CHAT_PENDING;
     else
         s->flags &= ~SF_CHAT_PENDING;
@@ -343,9 +364,11 @@ static void drop_all(lua_State *L, ac_chat *c, int ci, int release)
     if (release) {
         buffer_free(&c->in);
         buffer_free(&c->collected);
+        buffer_free(&c->batch);
     } else {
         buffer_clear(&c->in);
         buffer_clear(&c->collected);
+        buffer_clear(&c->batch);
     }
     c->scanned = 0;
     lua_newtable(L);
@@ -445,12 +468,31 @@ static int lchat_handle_read(lua_State *L)
     frame(L, c, s, gen, chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls));
     if (!ac_sock_same(s, gen))
         return 0;
-    if (!queue_empty(c)) {        /* what the batch pushed: one write */
-        call_initiate_send(L, c, 2);
-        lua_settop(L, 2);
-        s = ac_chan_same(L, 1, gen);
-        if (s == NULL)
-            return 0;
+    if (out_pending(c)) {         /* what the batch pushed: one write */
+        if (queue_empty(c) && chat_stock(L, c, K_INITIATE_SEND, chat_class(L, c)) &&
+            !(s->flags & (SF_CONNECTING | SF_FILE))) {
+            /* all of it in the batch buffer: straight from there */
+            size_t sent = 0;
+            err = s->tp->write(s, buffer_begin(&c->batch), buffer_len(&c->batch), &sent);
+            if (err && err != EAGAIN) {
+                buffer_clear(&c->batch);
+                s->flags &= ~SF_CHAT_PENDING;
+                if (ac_is_disconnect(err))
+                    return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
+                return ac_raise(L, "send", err);
+            }
+            buffer_consume(&c->batch, sent);
+            batch_to_queue(L, c, 2);    /* what the kernel did not take */
+            if (queue_empty(c))
+                s->flags &= ~SF_CHAT_PENDING;
+        }
+        if (!queue_empty(c)) {
+            call_initiate_send(L, c, 2);
+            lua_settop(L, 2);
+            s = ac_chan_same(L, 1, gen);
+            if (s == NULL)
+                return 0;
+        }
         ac_update_interest(L, 1, s);   /* write interest only if some is left */
     }
 
@@ -531,6 +573,7 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stoc
 */
 static int enqueue(lua_State *L, ac_chat *c)
 {
+    batch_to_queue(L, c, 3);
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
@@ -563,9 +606,19 @@ static int lchat_push(lua_State *L)
     const char *p = lua_tolstring(L, 2, &len);
     if (len == 0)
         return 0;
-    /* while a batch is framed, gather: unless this is its last frame (nothing
-    ** more is buffered), which goes straight out as outside a batch */
-    if (!queue_empty(c) || (c->framing && buffer_len(&c->in) > 0))
+    /* while a batch is framed, gather (small pieces by copy): unless this is
+    ** its last frame (nothing more is buffered) and nothing was gathered,
+    ** which goes straight out as outside a batch */
+    int gather = c->framing && (buffer_len(&c->in) > 0 || buffer_len(&c->batch) > 0);
+    if (gather && queue_empty(c) && buffer_len(&c->batch) + len <= BATCH_MAX) {
+        if (buffer_append(&c->batch, p, len) != 0)
+            return ac_raise_nomem(L, "push");
+        ac_socket *s = ac_chansock(L, 1);
+        if (s)
+            s->flags |= SF_CHAT_PENDING;   /* the poller is told after the batch */
+        return 0;
+    }
+    if (gather || out_pending(c))
         return enqueue(L, c);
     int cls = chat_class(L, c);
     int stock = chat_stock(L, c, K_INITIATE_SEND, cls);
@@ -621,6 +674,7 @@ static int lchat_close_when_done(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "close_when_done");   /* 2: chat */
+    batch_to_queue(L, c, 2);
     lua_getiuservalue(L, 2, 1);
     lua_pushboolean(L, 0);
     lua_rawseti(L, -2, c->tail++);
@@ -652,6 +706,7 @@ static int lchat_initiate_send(lua_State *L)
 /* the body of initiate_send; stack: 1 self, 2 its chat state c */
 static int initiate_send(lua_State *L, ac_chat *c)
 {
+    batch_to_queue(L, c, 2);
     lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
     lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, chat_class(L, c));
     ac_pushkey(L, K_SOCKET);
@@ -775,7 +830,7 @@ static int lchat_discard_buffers(lua_State *L)
 static int lchat_writable(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "writable");
-    lua_pushboolean(L, !queue_empty(c) || !ac_rawbool(L, 1, K_CONNECTED));
+    lua_pushboolean(L, out_pending(c) || !ac_rawbool(L, 1, K_CONNECTED));
     return 1;
 }
 
@@ -784,7 +839,7 @@ static int lchat_buffered(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "buffered");
     lua_pushinteger(L, (lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)));
-    lua_pushinteger(L, (lua_Integer)(c->tail - c->head));
+    lua_pushinteger(L, (lua_Integer)(c->tail - c->head) + (buffer_len(&c->batch) > 0));
     return 2;
 }
 
