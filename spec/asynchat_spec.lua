@@ -397,6 +397,32 @@ describe("asynchat", function()
     c:close(); peer:close()
   end)
 
+  it("keeps the order of a batch's pushes, producers, large strings and close_when_done", function()
+    local Lines = asynchat.async_chat:extend()
+    function Lines:init(sock) asynchat.async_chat.init(self, sock); self:set_terminator("\n") end
+    local big = ("B"):rep(100000)                 -- past the copied-batch limit
+    function Lines:found_terminator()
+      local line = self:get_data()
+      if line == "p" then
+        self:push_with_producer(asynchat.simple_producer("<produced>", 3))
+      elseif line == "big" then
+        self:push(big)
+      elseif line == "bye" then
+        self:push("bye\n")
+        self:close_when_done()
+      else
+        self:push("[" .. line .. "]")
+      end
+    end
+    local c, peer = chat_pair(Lines)
+    peer:setblocking(false)
+    peer:send("a\nb\np\nc\nbig\nd\nbye\nignored\n")
+    local got = H.read_to_eof(peer, 10)
+    assert.equal("[a][b]<produced>[c]" .. big .. "[d]bye\n", got)
+    assert.is_true(H.closed(c.socket))
+    peer:close()
+  end)
+
   it("still sends what a batch pushed before one of its handlers failed", function()
     local Lines = asynchat.async_chat:extend()
     local errors = 0
