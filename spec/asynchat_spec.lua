@@ -381,12 +381,7 @@ describe("asynchat", function()
       for i = 1, batch do req[i] = ("r%d-%d\n"):format(r, i); want[i] = ("+r%d-%d\r\n"):format(r, i) end
       peer:send(table.concat(req))
       want = table.concat(want)
-      local got = ""
-      H.run_until(function()
-        local d = peer:recv(65536)
-        if d then got = got .. d end
-        return #got >= #want
-      end, 10, { timeout = 0.001 })
+      local got = H.read_n(peer, #want, 10, { timeout = 0.001 })
       assert.equal(want, got)
     end
     local took = H.now() - t0
@@ -436,32 +431,17 @@ describe("asynchat", function()
     local c, peer = chat_pair(Lines)
     peer:setblocking(false)
     peer:send("one\ntwo\nboom\nthree\n")
-    local got = ""
-    H.run_until(function()
-      local d = peer:recv(65536)
-      if d then got = got .. d end
-      return #got >= #"+one\r\n+two\r\n"
-    end, 5)
+    local got = H.read_n(peer, #"+one\r\n+two\r\n")
     assert.equal("+one\r\n+two\r\n", got)
     assert.equal(1, errors)
     -- a push from outside any read (a timer, say) goes out at once: the failed
     -- batch is over
     c:push("late\r\n")
-    got = ""
-    H.run_until(function()
-      local d = peer:recv(65536)
-      if d then got = got .. d end
-      return #got >= #"late\r\n"
-    end, 5)
+    got = H.read_n(peer, #"late\r\n")
     assert.equal("late\r\n", got)
     -- the rest of the batch is framed at the next read, and answered
     peer:send("four\n")
-    got = ""
-    H.run_until(function()
-      local d = peer:recv(65536)
-      if d then got = got .. d end
-      return #got >= #"+three\r\n+four\r\n"
-    end, 5)
+    got = H.read_n(peer, #"+three\r\n+four\r\n")
     assert.equal("+three\r\n+four\r\n", got)
     c:close(); peer:close()
   end)

@@ -99,6 +99,18 @@ function H.read_to_eof(peer, seconds)
   return table.concat(got)
 end
 
+--- Read the raw non-blocking socket `peer` until `n` bytes came, driving the
+-- loop meanwhile; returns what it read (opts as for run_until).
+function H.read_n(peer, n, seconds, opts)
+  local got = ""
+  H.run_until(function()
+    local d = peer:recv(65536)
+    if d then got = got .. d end
+    return #got >= n
+  end, seconds or 5, opts)
+  return got
+end
+
 --- A fresh path for a Unix socket.
 function H.tmpname()
   local n = os.tmpname()
