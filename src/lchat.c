@@ -566,6 +566,19 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stoc
 /* ---- output ---- */
 
 /*
+** Output queued during a batch: the channel at 1 is marked, but the poller is
+** told only after the batch (no system call per batch when it all goes out
+** at once); should a handler fail first, the loop ends the batch
+** (ac_chat_after_error) and tells it then.
+*/
+static void mark_batch_output(lua_State *L)
+{
+    ac_socket *s = ac_chansock(L, 1);
+    if (s)
+        s->flags |= SF_CHAT_PENDING;
+}
+
+/*
 ** Append the value at 2 to the queue of chat c (at 3), then initiate_send.
 ** While handle_read delivers frames, only queue it (and ask for writability,
 ** so it goes out even if a handler fails): handle_read sends what the whole
@@ -579,12 +592,7 @@ static int enqueue(lua_State *L, ac_chat *c)
     lua_rawseti(L, -2, c->tail++);
     lua_settop(L, 3);
     if (c->framing) {
-        /* marked, but the poller is told only after the batch (no system
-        ** call per batch when it all goes out at once); should a handler
-        ** fail first, the loop recomputes the channel's interest */
-        ac_socket *s = ac_chansock(L, 1);
-        if (s)
-            s->flags |= SF_CHAT_PENDING;
+        mark_batch_output(L);
         return 0;
     }
     call_initiate_send(L, c, 3);
@@ -613,9 +621,7 @@ static int lchat_push(lua_State *L)
     if (gather && queue_empty(c) && buffer_len(&c->batch) + len <= BATCH_MAX) {
         if (buffer_append(&c->batch, p, len) != 0)
             return ac_raise_nomem(L, "push");
-        ac_socket *s = ac_chansock(L, 1);
-        if (s)
-            s->flags |= SF_CHAT_PENDING;   /* the poller is told after the batch */
+        mark_batch_output(L);
         return 0;
     }
     if (gather || out_pending(c))
