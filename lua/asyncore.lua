@@ -47,6 +47,10 @@ M.realpath = core.realpath
 --- The monotonic clock of the timers, in seconds (a float): `timer.deadline` is on it.
 M.now = core.now
 M.Object = Object
+--- `tls_context(opts)`: a TLS configuration for `start_tls` (OpenSSL).
+M.tls_context = core.tls_context
+--- The OpenSSL the core was built with, e.g. "OpenSSL 3.0.19 ...".
+M.tls_library = core.tls_library
 
 --- Where an error in a timer callback goes; a script may replace it.
 function M.handle_timer_error(err, traceback)
@@ -154,6 +158,8 @@ dispatcher.del_channel = core.del_channel
 -- set on a live channel is noticed by the loop at once
 dispatcher.__newindex = core.chan_newindex
 local update_interest = core.update_interest
+local tls_numeric_host = core.tls_numeric_host
+local tls_context_mt = core._tls_context_mt
 local chat_release = core.chat.chat_release
 
 local function sockof(self, fname)
@@ -255,12 +261,63 @@ function dispatcher:connect(addr, port)
   local done = s:connect(addr, port)
   if port ~= nil then addr = { addr, port } end
   rawset(self, "addr", addr)
+  -- the name TLS checks by default: the host given, when it is a name
+  local host = type(addr) == "table" and addr[1]
+  if type(host) == "string" and not tls_numeric_host(host) then
+    rawset(self, "_connect_host", host)
+  end
   if done then
     self:handle_connect_event()
   else
     update_interest(self)
   end
+  local later = rawget(self, "_tls_later")
+  if later then
+    rawset(self, "_tls_later", nil)
+    self:start_tls(later[1], later[2])
+  end
 end
+
+---------------------------------------------------------------------------
+-- TLS
+---------------------------------------------------------------------------
+
+local tls_start, tls_info = core.tls.start_tls, core.tls.tls_info
+
+--- Start TLS on the channel's connection (at once when connected, else when
+-- the connection completes). `opts.server_hostname`: the name a client
+-- checks and sends as SNI; default: the host name given to `connect`.
+function dispatcher:start_tls(ctx, opts)
+  if getmetatable(ctx) ~= tls_context_mt then
+    argerror(1, "start_tls", "tls_context expected, got " .. type(ctx))
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(2, "start_tls", "table expected, got " .. type(opts))
+  end
+  local host = opts and opts.server_hostname
+  if host ~= nil and (type(host) ~= "string" or host == "") then
+    argerror(2, "start_tls", "server_hostname: a non-empty string expected")
+  end
+  if opts then
+    for k in pairs(opts) do
+      if k ~= "server_hostname" then argerror(2, "start_tls", "unknown option '" .. tostring(k) .. "'") end
+    end
+  end
+  sockof(self, "start_tls")
+  if not self.connected and not self.connecting and not self.accepting then
+    -- not connected yet: TLS starts when connect() is called
+    rawset(self, "_tls_later", { ctx, opts })
+    return
+  end
+  tls_start(self, ctx, host or rawget(self, "_connect_host"))
+end
+
+--- `nil` before the TLS handshake completed; then a table: version, cipher,
+-- alpn, server_name, peer_certificate, verified, resumed.
+dispatcher.tls_info = tls_info
+
+--- The TLS handshake completed (after `start_tls`).
+function dispatcher:handle_handshake() end
 
 function dispatcher:close()
   rawset(self, "connected", false)
@@ -316,7 +373,7 @@ end
 -- timed out, unreachable, broken pipe) is one line naming the peer; anything
 -- else is logged with its traceback. Both end in handle_close().
 function dispatcher:handle_error(err, traceback)
-  if M.is_error(err) and ROUTINE[err.code] then
+  if M.is_error(err) and (ROUTINE[err.code] or err.op == "handshake") then
     self:log_info(format("%s: %s", addr_text(rawget(self, "addr")), tostring(err)), "error")
     return self:handle_close()
   end

@@ -200,6 +200,46 @@ function H.capture(cmd)
   return s
 end
 
+--- Throw-away certificates, made once per run with the openssl program (no
+-- key is kept in the repository): returns the directory, holding ca.pem;
+-- server.pem/.key (localhost, 127.0.0.1), other.pem/.key (other.test),
+-- client.pem/.key, all signed by ca; rogue.pem/.key (localhost) signed by
+-- rogue-ca.pem, which nobody trusts.
+local certdir
+function H.tls_certs()
+  if certdir then return certdir end
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local script = [[
+set -e
+cd "$1"
+ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$2" \
+    -keyout $1.key -out $1.pem -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign"
+}
+leaf() {
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" -keyout $1.key -out $1.csr
+  printf "subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n" "$3" > $1.ext
+  openssl x509 -req -in $1.csr -CA $4.pem -CAkey $4.key -CAcreateserial -days 2 -out $1.pem -extfile $1.ext
+}
+ca ca "Test CA"
+ca rogue-ca "Rogue CA"
+leaf server localhost "DNS:localhost,IP:127.0.0.1" ca
+leaf other other.test "DNS:other.test" ca
+leaf client client "DNS:client" ca
+leaf rogue localhost "DNS:localhost,IP:127.0.0.1" rogue-ca
+]]
+  local f = assert(io.open(dir .. "/make.sh", "w"))
+  f:write(script)
+  f:close()
+  assert(os.execute("sh " .. dir .. "/make.sh " .. dir .. " >" .. dir .. "/make.log 2>&1"),
+    "openssl could not make the test certificates")
+  certdir = dir .. "/"
+  return certdir
+end
+
 --- Close everything and check the map is empty.
 function H.cleanup()
   asyncore.close_all()

@@ -56,7 +56,8 @@ typedef struct ac_state {
     X(COLLECT_INCOMING_DATA, "collect_incoming_data") X(HANDLE_OVERFLOW, "handle_overflow") \
     X(MAX_IN_BUFFER, "max_in_buffer") X(AC_IN_BUFFER_SIZE, "ac_in_buffer_size") \
     X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size") X(CHAT, "_chat") X(MORE, "more") \
-    X(INITIATE_SEND, "initiate_send") X(INDEX, "__index")
+    X(INITIATE_SEND, "initiate_send") X(INDEX, "__index") \
+    X(HANDLE_HANDSHAKE, "handle_handshake")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,

@@ -724,6 +724,8 @@ static int initiate_send(lua_State *L, ac_chat *c)
             break;
         int t = lua_rawgeti(L, 3, c->head);
         if (t == LUA_TBOOLEAN) {             /* close_when_done */
+            if (s->tp->flush && s->tp->flush(s) != 0)
+                break;                       /* the transport still holds output */
             pop_head(L, 3, c);
             sync_sock(L, 1, c, s);
             return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
@@ -821,6 +823,82 @@ static int initiate_send(lua_State *L, ac_chat *c)
     }
     sync_sock(L, 1, c, s);
     return 0;
+}
+
+/*
+** start_tls on the channel at chan: output queued so far (the batch, then the
+** queue's strings, then what its producers still produce) is appended to
+** `clear`, to go out before the handshake; input not yet framed goes to
+** `prefix`, for the handshake to read first. Runs the producers (Lua code);
+** raises if close_when_done is queued.
+*/
+void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefix)
+{
+    int top = lua_gettop(L);
+    chan = lua_absindex(L, chan);
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);                                 /* top+1: chat */
+    ac_chat *c = tochat(L, top + 1);
+    if (c == NULL || c->finalized) {
+        lua_settop(L, top);
+        return;
+    }
+    lua_getiuservalue(L, top + 1, 1);                    /* top+2: the queue */
+    for (lua_Integer k = c->head; k < c->tail; k++)
+        if (lua_rawgeti(L, top + 2, k) == LUA_TBOOLEAN)
+            luaL_error(L, "start_tls: close_when_done() is queued: the channel is closing");
+    lua_settop(L, top + 2);
+    if (buffer_append(clear, buffer_begin(&c->batch), buffer_len(&c->batch)) != 0)
+        ac_raise_nomem(L, "start_tls");
+    buffer_clear(&c->batch);
+    while (!queue_empty(c)) {
+        int t = lua_rawgeti(L, top + 2, c->head);
+        if (t == LUA_TSTRING) {
+            size_t len;
+            const char *p = lua_tolstring(L, -1, &len);
+            if (buffer_append(clear, p + c->head_off, len - c->head_off) != 0)
+                ac_raise_nomem(L, "start_tls");
+            lua_pop(L, 1);
+            pop_head(L, top + 2, c);
+            continue;
+        }
+        /* a producer: all it has, now */
+        if (t != LUA_TFUNCTION) {
+            ac_pushkey(L, K_MORE);
+            lua_gettable(L, -2);
+            if (lua_isnil(L, -1))
+                lua_pop(L, 1);
+            else
+                lua_insert(L, -2);                       /* more, obj */
+        }
+        int nargs = lua_gettop(L) - (top + 2) - 1;       /* 1 for obj:more() */
+        for (;;) {
+            for (int i = 0; i <= nargs; i++)
+                lua_pushvalue(L, top + 3 + i);
+            lua_call(L, nargs, 1);
+            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+                size_t len;
+                const char *p = lua_tolstring(L, -1, &len);
+                if (buffer_append(clear, p, len) != 0)
+                    ac_raise_nomem(L, "start_tls");
+                lua_pop(L, 1);
+            } else if (lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING) {
+                break;
+            } else {
+                luaL_error(L, "producer returned %s (string or nil expected)", luaL_typename(L, -1));
+            }
+        }
+        lua_settop(L, top + 2);
+        pop_head(L, top + 2, c);
+    }
+    if (buffer_append(prefix, buffer_begin(&c->in), buffer_len(&c->in)) != 0)
+        ac_raise_nomem(L, "start_tls");
+    buffer_clear(&c->in);
+    c->scanned = 0;
+    ac_socket *s = ac_chansock(L, chan);
+    if (s)
+        s->flags &= ~SF_CHAT_PENDING;
+    lua_settop(L, top);
 }
 
 static int lchat_discard_buffers(lua_State *L)

@@ -15,5 +15,8 @@ void ac_chat_meta(lua_State *L, int st);
 ** stock writable and the attach hook (lmode.h) */
 void ac_chat_open(lua_State *L, int st, int mt);
 
+/* start_tls (ltls.c): queued output to `clear`, unframed input to `prefix` */
+void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefix);
+
 #pragma GCC visibility pop
 #endif

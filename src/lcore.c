@@ -14,6 +14,7 @@
 #include "ltimer.h"
 #include "lchan.h"
 #include "lchat.h"
+#include "ltls.h"
 #include "lloop.h"
 
 static int state_gc(lua_State *L)
@@ -95,6 +96,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_timer_open(L, st, mt);
     ac_chan_open(L, st, mt);
     ac_chat_open(L, st, mt);
+    ac_tls_open(L, st, mt);
     ac_loop_open(L, st, mt);
     lua_pushliteral(L, AC_VERSION);
     lua_setfield(L, -2, "_VERSION");

@@ -112,6 +112,12 @@ static int loop_dispatch(lua_State *L)
     uint32_t gen = s->gen;
     int fd = s->fd;
     lua_settop(L, 1);
+    if (s->flags & SF_TP_EVENTS) {   /* the transport first (a TLS handshake) */
+        ev = s->tp->event(L, 1, s, ev);
+        lua_settop(L, 1);
+        if (ev == 0 || (s = ac_still(L, 1, ms, fd, gen)) == NULL)
+            return 0;
+    }
     if (ev & AC_EV_READ) {
         if (s->mode & CM_RE_CUSTOM)
             ac_call_method(L, 1, K_HANDLE_READ_EVENT, 0);
@@ -196,6 +202,79 @@ static int noop(lua_State *L)
 }
 
 /*
+** Deliver events ev to the channel at chan (its socket s, just checked).
+** Returns 1 with the value to re-raise on top when the loop must end.
+** No interest update after the handlers: a stock channel's interest changes
+** only through the core's own calls (send, flush, connect, listen, close, the
+** constructor), which update it at once.
+*/
+static int dispatch(lua_State *L, ac_mapstate *ms, int chan, ac_socket *s, unsigned ev)
+{
+    int fd = s->fd;
+    uint32_t gen = s->gen;
+    int status;
+    if ((ev == AC_EV_READ || ev == AC_EV_WRITE) &&
+        !(s->flags & (SF_LISTENING | SF_CONNECTING | SF_TP_EVENTS)) &&
+        !(s->mode & (ev == AC_EV_READ ? CM_RE_CUSTOM : CM_WE_CUSTOM))) {
+        /* the common case: the stock event handler would only call this */
+        ac_pushkey(L, ev == AC_EV_READ ? K_HANDLE_READ : K_HANDLE_WRITE);
+        lua_gettable(L, chan);
+        lua_pushvalue(L, chan);
+        status = lua_pcall(L, 1, 0, L_MSGH);
+    } else {
+        lua_pushvalue(L, L_DISPATCH);
+        lua_pushvalue(L, chan);
+        lua_pushinteger(L, ev);
+        lua_pushlightuserdata(L, ms);
+        lua_pushlightuserdata(L, s);
+        status = lua_pcall(L, 4, 0, L_MSGH);
+    }
+    if (status != LUA_OK)
+        return route_error(L, chan, ms, fd, gen);
+    return 0;
+}
+
+/*
+** Input a transport holds that the poller cannot see (TLS records read
+** ahead): a read event for each listed socket whose reads are wanted and
+** whose transport still has something. The list is taken whole first; a
+** read may list its socket again, for the next pass.
+*/
+static int deliver_pending(lua_State *L, ac_mapstate *ms, int top)
+{
+    int n = 0;
+    struct ac_fired *snap = pass_scratch(L, ms->npend);
+    for (int i = 0; i < ms->npend; i++) {
+        int fd = ms->pend[i];
+        ac_socket *s = ms->socks[fd];
+        s->flags &= ~SF_TP_LISTED;
+        snap[n].fd = fd;
+        snap[n].gen = s->gen;
+        n++;
+    }
+    ms->npend = 0;
+    for (int i = 0; i < n; i++) {
+        lua_settop(L, top);
+        int fd = snap[i].fd;
+        if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
+            continue;
+        int chan = top + 1;
+        ac_socket *s = ac_still(L, chan, ms, fd, snap[i].gen);
+        if (s == NULL || !(s->flags & SF_TP_PENDING))
+            continue;
+        if (!(ms->regs[fd].mask & AC_EV_READ))
+            continue;   /* listed again when reads are wanted (ac_ms_setmask) */
+        if (s->tp->pending == NULL || !s->tp->pending(s)) {
+            s->flags &= ~SF_TP_PENDING;
+            continue;
+        }
+        if (dispatch(L, ms, chan, s, AC_EV_READ))
+            return 1;
+    }
+    return 0;
+}
+
+/*
 ** A signal handler may have asked Lua to stop: the standalone interpreter's
 ** Ctrl-C handler sets a hook that raises "interrupted!" at the next Lua call.
 ** While the loop waits in C no Lua call comes, so make one: a hook that is
@@ -259,6 +338,8 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     }
 
     wait_us = ac_timers_wait_us(S, now, wait_us);
+    if (ms->npend > 0)
+        wait_us = 0;   /* a transport holds input: look, but do not sleep */
 
     int max = ms->nsocks + 1;
     struct ac_fired *fired = pass_scratch(L, max);
@@ -280,33 +361,11 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
         ac_socket *s = ac_still(L, chan, ms, fd, fired[i].gen);
         if (s == NULL)
             continue;
-        /*
-        ** No interest update after the handlers: a stock channel's interest
-        ** changes only through the core's own calls (send, flush, connect,
-        ** listen, close, the constructor), which update it at once.
-        */
-        unsigned ev = fired[i].events;
-        int status;
-        if ((ev == AC_EV_READ || ev == AC_EV_WRITE) && !(s->flags & (SF_LISTENING | SF_CONNECTING)) &&
-            !(s->mode & (ev == AC_EV_READ ? CM_RE_CUSTOM : CM_WE_CUSTOM))) {
-            /* the common case: the stock event handler would only call this */
-            ac_pushkey(L, ev == AC_EV_READ ? K_HANDLE_READ : K_HANDLE_WRITE);
-            lua_gettable(L, chan);
-            lua_pushvalue(L, chan);
-            status = lua_pcall(L, 1, 0, L_MSGH);
-        } else {
-            lua_pushvalue(L, L_DISPATCH);
-            lua_pushvalue(L, chan);
-            lua_pushinteger(L, ev);
-            lua_pushlightuserdata(L, ms);
-            lua_pushlightuserdata(L, s);
-            status = lua_pcall(L, 4, 0, L_MSGH);
-        }
-        if (status != LUA_OK) {
-            if (route_error(L, chan, ms, fd, fired[i].gen))
-                return 1;
-        }
+        if (dispatch(L, ms, chan, s, fired[i].events))
+            return 1;
     }
+    if (ms->npend > 0 && deliver_pending(L, ms, top))
+        return 1;
     lua_settop(L, L_BASE);
 
     if (S->ntimers > 0 && ac_timers_run(L, S, L_MSGH))

@@ -46,6 +46,33 @@ void ac_ms_add_custom(ac_mapstate *ms, ac_socket *s, int *errp)
     ms->custom[ms->ncustom++] = s->fd;
 }
 
+static void pend_list(ac_mapstate *ms, ac_socket *s)
+{
+    s->flags |= SF_TP_LISTED;
+    ms->pend[ms->npend++] = s->fd;   /* room: one entry per listed socket, fds < nregs */
+}
+
+static void pend_unlist(ac_mapstate *ms, ac_socket *s)
+{
+    if (!(s->flags & SF_TP_LISTED))
+        return;
+    s->flags &= ~SF_TP_LISTED;
+    for (int i = 0; i < ms->npend; i++)
+        if (ms->pend[i] == s->fd) {
+            ms->pend[i] = ms->pend[--ms->npend];
+            break;
+        }
+}
+
+void ac_ms_mark_pending(ac_socket *s)
+{
+    s->flags |= SF_TP_PENDING;
+    ac_mapstate *ms = s->ms;
+    if (ms && !(s->flags & SF_TP_LISTED) && s->fd >= 0 && s->fd < ms->nregs &&
+        ms->socks[s->fd] == s && (ms->regs[s->fd].mask & AC_EV_READ))
+        pend_list(ms, s);
+}
+
 void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
 {
     int fd = s->fd;
@@ -55,6 +82,7 @@ void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
         ms->regs[fd].mask = 0;
         ms->socks[fd] = NULL;
         ms->nsocks--;
+        pend_unlist(ms, s);
     }
     ac_ms_remove_custom(ms, s);
     if (s->paused_until > 0) {
@@ -71,8 +99,12 @@ int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
     if (old == mask)
         return 0;
     int err = ms->p.ops->set(&ms->p, fd, old, mask);
-    if (err == 0)
+    if (err == 0) {
         ms->regs[fd].mask = mask;
+        ac_socket *s = ms->socks[fd];
+        if ((mask & AC_EV_READ) && s && (s->flags & (SF_TP_PENDING | SF_TP_LISTED)) == SF_TP_PENDING)
+            pend_list(ms, s);   /* input held while reads were not wanted */
+    }
     return err;
 }
 
@@ -99,10 +131,15 @@ int ac_ms_grow(ac_mapstate *ms, int fd)
     if (r == NULL)
         return ENOMEM;
     ms->regs = r;
+    ms->p.regs = r;   /* the poller reads it: never leave it the freed block */
     ac_socket **k = realloc(ms->socks, (size_t)n * sizeof *k);
     if (k == NULL)
         return ENOMEM;
     ms->socks = k;
+    int *pd = realloc(ms->pend, (size_t)n * sizeof *pd);
+    if (pd == NULL)
+        return ENOMEM;
+    ms->pend = pd;
     for (int i = ms->nregs; i < n; i++) {
         r[i].gen = 0;
         r[i].mask = 0;
@@ -123,6 +160,7 @@ static void ms_free(ac_mapstate *ms)
             s->ms = NULL;
             s->cidx = -1;
             s->paused_until = 0;
+            s->flags &= ~SF_TP_LISTED;
         }
     }
     if (ms->p.ops)
@@ -131,6 +169,7 @@ static void ms_free(ac_mapstate *ms)
     free(ms->regs);
     free(ms->socks);
     free(ms->custom);
+    free(ms->pend);
     memset(ms, 0, sizeof *ms);
 }
 

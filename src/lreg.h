@@ -35,6 +35,8 @@ typedef struct ac_mapstate {
     int *custom;                /* fds whose predicates are Lua methods */
     int ncustom, capcustom;
     int npaused;                /* listeners resting after EMFILE */
+    int *pend;                  /* fds of the sockets with SF_TP_LISTED (room for nregs) */
+    int npend;
     int nsocks;
     uint32_t pred_version;      /* the pred_version the channels' modes were read at */
 } ac_mapstate;
@@ -46,6 +48,10 @@ ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend);
 int ac_ms_grow(ac_mapstate *ms, int fd);
 /* set fd's registered interest; 0 or the poller's errno */
 int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask);
+/* the socket's transport holds input the poller cannot see: flag it, and
+** list it for the pass while its registration asks for reads (a socket
+** whose reads are not wanted now is listed when they are again) */
+void ac_ms_mark_pending(ac_socket *s);
 /* raise a poller's refusal (select: "descriptor too large") */
 int ac_raise_setmask(lua_State *L, const char *backend, int fd, int err);
 void ac_ms_add_custom(ac_mapstate *ms, ac_socket *s, int *errp);

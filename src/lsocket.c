@@ -85,7 +85,8 @@ static void plain_close(ac_socket *s)
 }
 
 const ac_transport ac_plain_transport = {
-    "plain", plain_read, plain_write, plain_writev, plain_shutdown, plain_close, NULL
+    "plain", plain_read, plain_write, plain_writev, plain_shutdown, plain_close, NULL, NULL, NULL,
+    NULL
 };
 
 void (*ac_sock_unregister)(struct ac_mapstate *ms, ac_socket *s) = NULL;
@@ -143,6 +144,7 @@ void ac_sock_close(lua_State *L, ac_socket *s)
     if (s->fd >= 0) {
         s->tp->close(s);
         s->tp = &ac_plain_transport;
+        s->tpstate = NULL;
         sock_close(s->fd);
         s->fd = -1;
     }

@@ -20,6 +20,9 @@
 #define SF_CHAT_PENDING 0x20u /* its async_chat channel has output queued */
 #define SF_NOFD_LOGGED 0x40u  /* a listener said it ran out of descriptors (until an accept works) */
 #define SF_NODELAY_SET 0x80u  /* the script set TCP_NODELAY itself: connect leaves it */
+#define SF_TP_EVENTS  0x100u  /* the transport takes the socket's events first (tp->event) */
+#define SF_TP_PENDING 0x200u  /* the transport holds input the poller cannot see */
+#define SF_TP_LISTED  0x400u  /* ... and the socket is on its map state's pending list */
 
 /*
 ** Sockets (and chat states) begin with a magic number: with the userdata's
@@ -43,6 +46,7 @@ typedef struct ac_socket {
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
     const ac_transport *tp; /* how bytes move: ac_plain_transport, or a wrapper */
+    void *tpstate;          /* the wrapper's state (NULL for the plain transport) */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)

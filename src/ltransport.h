@@ -10,6 +10,13 @@
 **
 ** All return 0 or an errno: EAGAIN when it would block; a read of 0 bytes
 ** with 0 returned is the end of the stream.
+**
+** A transport that holds state of its own (a handshake under way, records it
+** decrypted ahead, output the kernel did not take yet) says so on the socket:
+** SF_TP_EVENTS (lsocket.h) makes the pass give the socket's events to
+** `event` first; input it holds that the poller cannot see is announced with
+** ac_ms_mark_pending (lreg.h), and the pass then delivers a read event
+** without waiting, as long as `pending` says a read would return something.
 */
 #ifndef AC_LTRANSPORT_H
 #define AC_LTRANSPORT_H
@@ -18,6 +25,7 @@
 #pragma GCC visibility push(hidden)
 
 struct ac_socket;
+struct lua_State;
 
 typedef struct ac_transport {
     const char *name;
@@ -30,6 +38,17 @@ typedef struct ac_transport {
     /* the interest (AC_EV_*) to register when the channel wants `wanted`;
     ** NULL: the same */
     unsigned (*interest)(const struct ac_socket *s, unsigned wanted);
+    /* does a read return data, an end or an error now, though the poller may
+    ** not say so? NULL: never */
+    int (*pending)(struct ac_socket *s);
+    /* 0 when the transport holds no output of its own, EAGAIN while it does
+    ** (close_when_done waits for it); NULL: it never holds any */
+    int (*flush)(struct ac_socket *s);
+    /* while SF_TP_EVENTS is set: the socket's events (AC_EV_*), before the
+    ** channel at `chan` sees them. Runs under the pass's protected call: it
+    ** may call the channel's methods and raise. Returns the events left for
+    ** the channel. */
+    unsigned (*event)(struct lua_State *L, int chan, struct ac_socket *s, unsigned ev);
 } ac_transport;
 
 #pragma GCC visibility pop
