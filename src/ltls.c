@@ -449,6 +449,7 @@ typedef struct ac_tls {
     int state;               /* T_* */
     int server, verify;
     int ioerr;               /* errno of the BIO's last failed system call, or 0 */
+    int notify;              /* the handshake completed: handle_handshake is due */
     unsigned wanted;         /* the channel's own interest, as last told */
     ac_buffer prefix;        /* received before start_tls: the handshake reads it first */
     ac_buffer clear;         /* queued before start_tls: sent before any record */
@@ -597,6 +598,7 @@ static int handshake_step(ac_tls *t)
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
         t->state = T_OPEN;
+        t->notify = 1;
         return 1;
     }
     int e = SSL_get_error(t->ssl, r);
@@ -762,14 +764,14 @@ static unsigned tls_interest(const ac_socket *s, unsigned wanted)
     case T_CONNECT: return wanted | AC_EV_WRITE;
     case T_HANDSHAKE: return AC_EV_READ | out;
     case T_FAILED: return AC_EV_READ | AC_EV_WRITE;
-    default: return wanted | out;
+    default: return wanted | out | (t->notify ? AC_EV_READ : 0);
     }
 }
 
 static int tls_pending(ac_socket *s)
 {
     ac_tls *t = s->tpstate;
-    if (t->state == T_FAILED || buffer_len(&t->prefix) > 0)
+    if (t->state == T_FAILED || t->notify || buffer_len(&t->prefix) > 0)
         return 1;
     if (t->state != T_OPEN)
         return 0;
@@ -813,7 +815,7 @@ static unsigned tls_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
         }
         start_handshake(t);
         ac_update_interest(L, chan, s);
-        if (t->state != T_FAILED)
+        if (t->state == T_HANDSHAKE)
             return 0;
     }
     if (t->state == T_HANDSHAKE) {
@@ -824,18 +826,19 @@ static unsigned tls_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
             ac_update_interest(L, chan, s);
             return 0;
         }
-        if (r > 0) {
-            if (!out_held(t) || flush_held(t) == 0)
-                s->flags &= ~SF_TP_EVENTS;
-            ac_update_interest(L, chan, s);
-            if (SSL_has_pending(t->ssl))
-                ac_ms_mark_pending(s);   /* data came with the client's last flight */
-            ac_call_method(L, chan, K_HANDLE_HANDSHAKE, 0);
-            return 0;
-        }
     }
     if (t->state == T_FAILED)
         return (unsigned)raise_failure(L, t);
+    if (t->notify) {   /* completed (here, or already in start_tls's first step) */
+        t->notify = 0;
+        if (!out_held(t) || flush_held(t) == 0)
+            s->flags &= ~SF_TP_EVENTS;
+        ac_update_interest(L, chan, s);
+        if (SSL_has_pending(t->ssl))
+            ac_ms_mark_pending(s);   /* data came with the peer's last flight */
+        ac_call_method(L, chan, K_HANDLE_HANDSHAKE, 0);
+        return 0;
+    }
     /* open: what is held goes first */
     int err = flush_held(t);
     if (err == EAGAIN)
@@ -944,8 +947,8 @@ static int ltls_start(lua_State *L)
         t->state = T_CONNECT;
     else
         start_handshake(t);
-    if (t->state == T_FAILED || buffer_len(&t->prefix) > 0)
-        ac_ms_mark_pending(s);   /* the pass reports it, or goes on reading */
+    if (t->state == T_FAILED || t->notify || buffer_len(&t->prefix) > 0)
+        ac_ms_mark_pending(s);   /* the pass reports it, or goes on */
     ac_update_interest(L, 1, s);
     return 0;
 }
@@ -1057,6 +1060,20 @@ static const luaL_Reg tls_funcs[] = {
     {NULL, NULL}
 };
 
+/* the module's state closes: give the BIO method back (else a leak each
+** time the core is unloaded) */
+static int nstates;   /* Lua states that opened the core: the last one frees it */
+
+static int meth_gc(lua_State *L)
+{
+    (void)L;
+    if (--nstates == 0 && bio_meth != NULL) {
+        BIO_meth_free(bio_meth);
+        bio_meth = NULL;
+    }
+    return 0;
+}
+
 /* adds core.tls_context, core.tls (the methods) and core.tls_numeric_host */
 void ac_tls_open(lua_State *L, int st, int mt)
 {
@@ -1075,6 +1092,13 @@ void ac_tls_open(lua_State *L, int st, int mt)
         BIO_meth_set_create(bio_meth, bio_create);
         BIO_meth_set_destroy(bio_meth, bio_destroy);
     }
+    nstates++;
+    lua_newuserdatauv(L, 1, 0);               /* frees bio_meth when collected */
+    lua_newtable(L);
+    lua_pushcfunction(L, meth_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "asyncore.tls_bio_method");
     luaL_newmetatable(L, CTX_MT);
     lua_pushcfunction(L, ctx_gc);
     lua_setfield(L, -2, "__gc");
