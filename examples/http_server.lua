@@ -3,15 +3,39 @@
 -- The request line and headers are read with a string terminator ("\r\n\r\n"),
 -- a body with an integer terminator (its Content-Length), and files are sent
 -- through a producer, a chunk at a time.
--- usage: lua5.4 examples/http_server.lua [host] [port] [directory]
---        (default 127.0.0.1 8080 and the current directory)
+-- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [host] [port] [directory]
+--        (default 127.0.0.1 8080 and the current directory; with --tls, HTTPS)
 -- try: curl -v http://127.0.0.1:8080/hello
+--      curl --cacert ca.pem https://localhost:8443/hello   (with --tls)
 local asyncore = require "asyncore"
 local asynchat = require "asynchat"
 
 local find, sub, lower = string.find, string.sub, string.lower
 
-local host, port, root = arg[1] or "127.0.0.1", tonumber(arg[2] or 8080), arg[3] or "."
+local args, tls = {}, nil
+do
+  local i = 1
+  while i <= #arg do
+    if arg[i] == "--tls" then
+      if not arg[i + 2] then
+        io.stderr:write("usage: http_server.lua [--tls CERTFILE KEYFILE] [host] [port] [directory]\n")
+        os.exit(2)
+      end
+      local ok, ctx = pcall(asyncore.tls_context, { mode = "server", certfile = arg[i + 1],
+        keyfile = arg[i + 2], alpn = { "http/1.1" } })
+      if not ok then
+        io.stderr:write("http_server.lua: ", tostring(ctx), "\n")
+        os.exit(2)
+      end
+      tls = ctx
+      i = i + 3
+    else
+      args[#args + 1] = arg[i]
+      i = i + 1
+    end
+  end
+end
+local host, port, root = args[1] or "127.0.0.1", tonumber(args[2] or 8080), args[3] or "."
 
 local HELLO = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, world!"
 local REASONS = { [200] = "OK", [400] = "Bad Request", [404] = "Not Found", [405] = "Method Not Allowed",
@@ -53,6 +77,17 @@ function HttpChannel:init(sock)
   self.head_only = false
   self.producer = false
   self:set_terminator("\r\n\r\n")
+  if tls then self:start_tls(tls) end
+end
+
+-- A client that failed the TLS handshake (or spoke plain HTTP to HTTPS) is
+-- one line in the log, not a traceback.
+function HttpChannel:handle_error(err, tb)
+  if asyncore.is_error(err) and err.op == "handshake" then
+    io.stderr:write(("http_server.lua: %s: %s\n"):format(tostring(self.addr and self.addr[1]), tostring(err)))
+    return self:close()
+  end
+  return asynchat.async_chat.handle_error(self, err, tb)
 end
 
 -- An aborted download must not leave its file open until a garbage collection.
@@ -194,5 +229,6 @@ function HttpServer:handle_accepted(sock)
 end
 
 local server = HttpServer(host, port)
-io.stderr:write(("http server on http://%s:%d/ serving %s\n"):format(host, server.socket:getsockname()[2], ROOT))
+io.stderr:write(("http server on %s://%s:%d/ serving %s\n"):format(tls and "https" or "http", host,
+  server.socket:getsockname()[2], ROOT))
 asyncore.loop()

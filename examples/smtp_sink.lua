@@ -1,10 +1,17 @@
 -- An SMTP sink: accepts mail (from Python's smtplib, say) and writes each
 -- message to a file in a directory, with its envelope as headers.
--- usage: lua5.4 examples/smtp_sink.lua [host] [port] [directory]
+-- With --tls it offers STARTTLS (RFC 3207): the client says STARTTLS, gets
+-- "220", and the conversation goes on over TLS on the same connection.
+-- usage: lua5.4 examples/smtp_sink.lua [--tls CERTFILE KEYFILE] [host] [port] [directory]
 --        (default 127.0.0.1 8025 and ./mail)
 local asyncore = require "asyncore"
 local asynchat = require "asynchat"
 
+local tls
+if arg[1] == "--tls" then
+  tls = asyncore.tls_context { mode = "server", certfile = arg[2], keyfile = arg[3] }
+  for _ = 1, 3 do table.remove(arg, 1) end
+end
 local host, port, dir = arg[1] or "127.0.0.1", tonumber(arg[2] or 8025), arg[3] or "mail"
 os.execute(("mkdir -p '%s'"):format(dir:gsub("'", "'\\''")))
 local count = 0
@@ -31,8 +38,18 @@ function SmtpSession:found_terminator()
   end
   local verb, rest = data:match("^(%a+)%s*(.*)$")
   verb = verb and verb:upper()
-  if verb == "HELO" or verb == "EHLO" then
+  if verb == "EHLO" and tls and not self:tls_info() then
+    self:reply("250-hello " .. rest)
+    self:reply("250 STARTTLS")
+  elseif verb == "HELO" or verb == "EHLO" then
     self:reply("250 hello " .. rest)
+  elseif verb == "STARTTLS" and tls and not self.tls_started then
+    self.tls_started = true
+    self:reply("220 ready to start TLS")   -- in the clear, then the handshake
+    self:start_tls(tls)
+    self:reset()                           -- the client starts over with EHLO
+  elseif verb == "STARTTLS" then
+    self:reply(tls and "503 TLS is already on" or "502 command not implemented")
   elseif verb == "MAIL" then
     self.from = rest:match("<(.-)>") or rest
     self:reply("250 ok")
