@@ -424,6 +424,40 @@ describe("TLS", function()
     assert.same({ "bye" }, ev.lines)
   end)
 
+  it("a refused connect with TLS started reaches handle_error as a refused connect", function()
+    local s, port = listener(function(sock) sock:close() end)
+    s:close()
+    local c, ev = line_client(port, client_ctx())
+    H.run_until(function() return ev.closed end, 10)
+    assert.is_true(asyncore.is_error(ev.errors[1], "ECONNREFUSED"))
+    assert.equal(0, ev.handshakes)
+  end)
+
+  it("reports a failed handshake once, also to a handle_error that does not close", function()
+    local py = H.spawn(PY .. "server " .. D .. "rogue.pem " .. D .. "rogue.key", 30)
+    local port = tonumber(py.wait_line("port (%d+)"))
+    local C = asyncore.dispatcher:extend()
+    local errors, reads = {}, 0
+    function C:handle_connect() end
+    function C:handle_read() reads = reads + 1 end
+    function C:handle_error(err) errors[#errors + 1] = err end   -- keeps the channel
+    local c = C()
+    c:create_socket()
+    c:connect { "localhost", port }
+    c:start_tls(client_ctx())
+    H.run_until(function() return #errors > 0 end, 10)
+    H.run_for(0.3)
+    assert.equal(1, #errors)
+    assert.equal("handshake", errors[1].op)
+    assert.equal(0, reads)
+    assert.is_nil(c:tls_info())
+    local ok, err = pcall(c.recv, c, 10)
+    assert.is_false(ok)
+    assert.is_true(asyncore.is_error(err, "EPROTO"))
+    c:close()
+    py.kill()
+  end)
+
   it("works with openssl s_server and s_client", function()
     -- s_server: our client sends a line, s_server prints it
     -- (its standard input stays open: at its end s_server would stop)

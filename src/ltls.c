@@ -441,7 +441,8 @@ static int ltls_context(lua_State *L)
 
 /* ---- a connection ---- */
 
-enum { T_CONNECT, T_HANDSHAKE, T_OPEN, T_FAILED };
+/* T_DEAD: a failure already reported; the channel waits for its close() */
+enum { T_CONNECT, T_HANDSHAKE, T_OPEN, T_FAILED, T_DEAD };
 
 typedef struct ac_tls {
     SSL *ssl;
@@ -584,8 +585,12 @@ static void record_failure(ac_tls *t, int e)
     ERR_clear_error();
 }
 
-static int raise_failure(lua_State *L, ac_tls *t)
+/* report the failure to the channel at chan, once: then no more events */
+static int raise_failure(lua_State *L, int chan, ac_socket *s, ac_tls *t)
 {
+    t->state = T_DEAD;
+    s->flags &= ~SF_TP_PENDING;
+    ac_update_interest(L, chan, s);
     ac_pusherror(L, "handshake", t->err_no, t->errmsg);
     lua_pushstring(L, t->errcode);
     lua_setfield(L, -2, "code");
@@ -618,7 +623,7 @@ static int tls_read(ac_socket *s, char *p, size_t n, size_t *got)
     ac_tls *t = s->tpstate;
     *got = 0;
     if (t->state != T_OPEN)
-        return t->state == T_FAILED ? EPROTO : EAGAIN;
+        return t->state >= T_FAILED ? EPROTO : EAGAIN;
     size_t total = 0;
     int err = 0;
     while (total < n) {
@@ -670,7 +675,7 @@ static int tls_write(ac_socket *s, const char *p, size_t n, size_t *sent)
     ac_tls *t = s->tpstate;
     *sent = 0;
     if (t->state != T_OPEN)
-        return t->state == T_FAILED ? EPROTO : EAGAIN;
+        return t->state >= T_FAILED ? EPROTO : EAGAIN;
     if (t->ioerr)
         return t->ioerr;
     if (out_held(t)) {
@@ -764,6 +769,7 @@ static unsigned tls_interest(const ac_socket *s, unsigned wanted)
     case T_CONNECT: return wanted | AC_EV_WRITE;
     case T_HANDSHAKE: return AC_EV_READ | out;
     case T_FAILED: return AC_EV_READ | AC_EV_WRITE;
+    case T_DEAD: return 0;
     default: return wanted | out | (t->notify ? AC_EV_READ : 0);
     }
 }
@@ -828,7 +834,9 @@ static unsigned tls_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
         }
     }
     if (t->state == T_FAILED)
-        return (unsigned)raise_failure(L, t);
+        return (unsigned)raise_failure(L, chan, s, t);
+    if (t->state == T_DEAD)
+        return 0;
     if (t->notify) {   /* completed (here, or already in start_tls's first step) */
         t->notify = 0;
         if (!out_held(t) || flush_held(t) == 0)
