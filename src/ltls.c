@@ -420,10 +420,11 @@ static int ltls_context(lua_State *L)
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     }
     if (server) {
-        /* sessions resume (tickets, and the cache for TLS 1.2 ids) */
+        /* sessions resume, by tickets */
         static const unsigned char sid[] = "lua-asyncore";
         SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        /* resumption by tickets (stateless): no session kept per connection */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     }
     ctx_alpn(L, 1, cfg);
     if (cfg->alpn != NULL) {
@@ -618,6 +619,15 @@ static int handshake_step(ac_tls *t)
 
 /* ---- the transport ---- */
 
+/* the socket holds records the kernel did not take: ask for writability */
+static void need_write(ac_socket *s)
+{
+    s->flags |= SF_TP_EVENTS;
+    ac_mapstate *ms = s->ms;
+    if (ms && s->fd >= 0 && s->fd < ms->nregs && ms->socks[s->fd] == s)
+        ac_ms_setmask(ms, s->fd, ms->regs[s->fd].mask | AC_EV_WRITE);
+}
+
 static int tls_read(ac_socket *s, char *p, size_t n, size_t *got)
 {
     ac_tls *t = s->tpstate;
@@ -647,6 +657,8 @@ static int tls_read(ac_socket *s, char *p, size_t n, size_t *got)
         ERR_clear_error();
         break;
     }
+    if (out_held(t))
+        need_write(s);   /* a record OpenSSL answered (a key update) waits for the kernel */
     if (total > 0) {
         *got = total;
         if (err != 0 && err != EAGAIN)
@@ -659,15 +671,6 @@ static int tls_read(ac_socket *s, char *p, size_t n, size_t *got)
     }
     s->flags &= ~SF_TP_PENDING;
     return err == -1 ? 0 : err;
-}
-
-/* the socket holds records the kernel did not take: ask for writability */
-static void need_write(ac_socket *s)
-{
-    s->flags |= SF_TP_EVENTS;
-    ac_mapstate *ms = s->ms;
-    if (ms && s->fd >= 0 && s->fd < ms->nregs && ms->socks[s->fd] == s)
-        ac_ms_setmask(ms, s->fd, ms->regs[s->fd].mask | AC_EV_WRITE);
 }
 
 static int tls_write(ac_socket *s, const char *p, size_t n, size_t *sent)
@@ -842,10 +845,17 @@ static unsigned tls_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
         if (!out_held(t) || flush_held(t) == 0)
             s->flags &= ~SF_TP_EVENTS;
         ac_update_interest(L, chan, s);
-        if (SSL_has_pending(t->ssl))
-            ac_ms_mark_pending(s);   /* data came with the peer's last flight */
         ac_call_method(L, chan, K_HANDLE_HANDSHAKE, 0);
-        return 0;
+        /* data that came with the peer's last flight: read it now */
+        s = ac_chan_same(L, chan, gen);
+        if (s == NULL || s->tp != &tls_transport || s->tpstate != t || !SSL_has_pending(t->ssl))
+            return 0;
+        if ((s->flags & SF_TP_EVENTS) || s->ms == NULL || !(s->ms->regs[s->fd].mask & AC_EV_READ)) {
+            /* records still held, or reads not wanted now: the pass comes back */
+            ac_ms_mark_pending(s);
+            return 0;
+        }
+        return AC_EV_READ;
     }
     /* open: what is held goes first */
     int err = flush_held(t);
