@@ -480,6 +480,17 @@ describe("TLS", function()
     cp.kill()
   end)
 
+  it("refuses renegotiation (openssl s_client -tls1_2, command R)", function()
+    local s, port, sev = line_server(server_ctx())
+    local cp = H.spawn("sh -c '(printf \"one\\n\"; sleep 0.5; printf \"R\\n\"; sleep 0.5; printf \"two\\n\"; " ..
+      "sleep 1) | openssl s_client -tls1_2 -connect 127.0.0.1:" .. port .. " -CAfile " .. D .. "ca.pem'", 30)
+    H.run_until(function() return cp.output():match("no renegotiation") end, 10)
+    assert.matches("lua: one", cp.output())
+    assert.not_matches("lua: two", cp.output())
+    assert.equal(1, sev.handshakes)
+    cp.kill()
+  end)
+
   it("announces records read ahead: a small recv() gets the rest without new socket events", function()
     local ctx = server_ctx()
     local S = asyncore.dispatcher_with_send:extend()
