@@ -386,18 +386,18 @@ print('sent')
     local server = start(("%s examples/http_server.lua --tls %sserver.pem %sserver.key 127.0.0.1 %d %s")
       :format(H.LUA, D, D, port, dir))
     server.wait_line("https://")
-    local out = H.capture(("curl -sS --cacert %sca.pem https://localhost:%d/hello https://localhost:%d/page.txt")
+    local out = H.capture(("timeout 20 env -u LD_PRELOAD curl -sS --cacert %sca.pem https://localhost:%d/hello https://localhost:%d/page.txt")
       :format(D, port, port))
     assert.equal("Hello, world!secret page", out)
     -- Connection: close: the header in the answer, then the connection ends
-    out = H.capture(("curl -sS -i --http1.1 --cacert %sca.pem -H 'Connection: close' https://localhost:%d/hello")
+    out = H.capture(("timeout 20 env -u LD_PRELOAD curl -sS -i --http1.1 --cacert %sca.pem -H 'Connection: close' https://localhost:%d/hello")
       :format(D, port))
     assert.matches("Connection: close", out)
     assert.matches("Hello, world!$", out)
     -- an untrusted CA: curl refuses; a plaintext client: the server logs one line and goes on
-    out = H.capture(("curl -sS https://localhost:%d/hello"):format(port))
+    out = H.capture(("timeout 20 env -u LD_PRELOAD curl -sS https://localhost:%d/hello"):format(port))
     assert.matches("certificate", out)
-    H.capture(("curl -sS http://127.0.0.1:%d/hello"):format(port))
+    H.capture(("timeout 20 env -u LD_PRELOAD curl -sS http://127.0.0.1:%d/hello"):format(port))
     server.wait_line("(127%.0%.0%.1: handshake[^\n]*)")
     -- tls_client.lua: verified, the answer printed; an untrusted server refused
     out = H.capture(("timeout 20 %s examples/tls_client.lua --cafile %sca.pem localhost %d "
