@@ -2,12 +2,14 @@
 -- consumer: GET a URL, follow redirects (across http and https), print status,
 -- headers and body size. https:// is verified against the system's trust
 -- store, or the CAs of --cafile; the name checked is the URL's host.
--- usage: lua5.4 examples/http_client.lua [--cafile FILE] http[s]://host[:port]/path
+-- usage: lua5.4 examples/http_client.lua [--cafile FILE] [--timeout SECONDS] http[s]://host[:port]/path
+--        (--timeout: for the connection and between bytes, default 30)
 local asyncore = require "asyncore"
 
 local cafile
-if arg[1] == "--cafile" then
-  cafile = arg[2]
+local timeout = 30   -- seconds for the connection (name, connect, TLS) and between bytes
+while arg[1] == "--cafile" or arg[1] == "--timeout" do
+  if arg[1] == "--cafile" then cafile = arg[2] else timeout = tonumber(arg[2]) end
   table.remove(arg, 1)
   table.remove(arg, 1)
 end
@@ -30,6 +32,9 @@ function HttpClient:init(url, consumer)
   self.url, self.consumer = url, consumer
   self.header, self.data = nil, ""
   self:create_socket()
+  self:set_timeout("connect", timeout)
+  self:set_timeout("handshake", timeout)
+  self:set_timeout("idle", timeout)
   self:connect(host, port)
   if scheme == "https" then
     tls_ctx = tls_ctx or asyncore.tls_context { cafile = cafile, alpn = { "http/1.1" } }
@@ -68,6 +73,13 @@ function HttpClient:handle_read()
 end
 
 function HttpClient:handle_close()
+  self:close()
+  self.consumer:close()
+end
+
+function HttpClient:handle_timeout(kind)
+  print(("error: %s: %s timeout (%gs)"):format(self.url, kind, timeout))
+  self.failed = true
   self:close()
   self.consumer:close()
 end
@@ -128,8 +140,8 @@ function RedirectingConsumer:feed(data) self.consumer:feed(data) end
 function RedirectingConsumer:close() self.consumer:close() end
 
 local url = arg[1]
-if not url or not parse_url(url) then
-  io.stderr:write("usage: lua5.4 examples/http_client.lua [--cafile FILE] http[s]://host[:port]/path\n")
+if not url or not parse_url(url) or not timeout or timeout <= 0 then
+  io.stderr:write("usage: lua5.4 examples/http_client.lua [--cafile FILE] [--timeout SECONDS] http[s]://host[:port]/path\n")
   os.exit(2)
 end
 local printer = PrintingConsumer()

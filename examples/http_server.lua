@@ -3,7 +3,7 @@
 -- The request line and headers are read with a string terminator ("\r\n\r\n"),
 -- a body with an integer terminator (its Content-Length), and files are sent
 -- through a producer, a chunk at a time.
--- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [host] [port] [directory]
+-- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [--idle SECONDS] [host] [port] [directory]
 --        (default 127.0.0.1 8080 and the current directory; with --tls, HTTPS)
 -- try: curl -v http://127.0.0.1:8080/hello
 --      curl --cacert ca.pem https://localhost:8443/hello   (with --tls)
@@ -12,7 +12,7 @@ local asynchat = require "asynchat"
 
 local find, sub, lower = string.find, string.sub, string.lower
 
-local args, tls = {}, nil
+local args, tls, idle = {}, nil, 30
 do
   local i = 1
   while i <= #arg do
@@ -29,6 +29,13 @@ do
       end
       tls = ctx
       i = i + 3
+    elseif arg[i] == "--idle" then
+      idle = tonumber(arg[i + 1])
+      if not idle or idle <= 0 then
+        io.stderr:write("http_server.lua: --idle takes a number of seconds\n")
+        os.exit(2)
+      end
+      i = i + 2
     else
       args[#args + 1] = arg[i]
       i = i + 1
@@ -69,6 +76,11 @@ function FileProducer:close()
 end
 
 local HttpChannel = asynchat.async_chat:extend()
+-- a client that stops sending (or reading) for 30 s (--idle), or never
+-- finishes its TLS handshake, is dropped: a slowloris client cannot hold a
+-- channel for ever
+HttpChannel.timeouts = { idle = idle, handshake = 10 }
+function HttpChannel:handle_timeout(kind) self:close() end
 
 function HttpChannel:init(sock)
   asynchat.async_chat.init(self, sock)

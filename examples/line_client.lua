@@ -1,13 +1,21 @@
 -- A line-based client: sends each argument as a line, prints every line it
 -- receives, and quits when the server closes or after WAIT seconds of quiet.
 -- With "-" as the only line, it sends what it reads on standard input.
--- usage: lua5.4 examples/line_client.lua host port [line ...]   (env WAIT, default 1)
+-- --timeout SECONDS gives up a connect that takes longer (the default: 10).
+-- usage: lua5.4 examples/line_client.lua [--timeout SECONDS] host port [line ...]
+--        (env WAIT, default 1)
 local asyncore = require "asyncore"
 local asynchat = require "asynchat"
 
+local connect_timeout = 10
+if arg[1] == "--timeout" then
+  connect_timeout = tonumber(arg[2])
+  table.remove(arg, 1)
+  table.remove(arg, 1)
+end
 local host, port = arg[1], tonumber(arg[2])
-if not (host and port) then
-  io.stderr:write("usage: lua5.4 examples/line_client.lua host port [line ...]\n")
+if not (host and port and connect_timeout and connect_timeout > 0) then
+  io.stderr:write("usage: lua5.4 examples/line_client.lua [--timeout SECONDS] host port [line ...]\n")
   os.exit(2)
 end
 local lines = { table.unpack(arg, 3) }
@@ -19,8 +27,15 @@ function LineClient:init(h, p)
   asynchat.async_chat.init(self)
   self:set_terminator("\n")
   self:create_socket()
+  self:set_timeout("connect", connect_timeout)
   self:connect(h, p)
   self.quiet = asyncore.call_later(wait, function() self:close() end)
+end
+
+function LineClient:handle_timeout(kind)
+  io.stderr:write(("line_client.lua: %s:%s: no connection after %gs\n"):format(host, port, connect_timeout))
+  self.quiet:cancel()
+  self:close()
 end
 
 function LineClient:handle_connect() self.reached = true end

@@ -17,6 +17,12 @@ os.execute(("mkdir -p '%s'"):format(dir:gsub("'", "'\\''")))
 local count = 0
 
 local SmtpSession = asynchat.async_chat:extend()
+-- RFC 5321 4.5.3.2: a server waits 5 minutes for the next command, then hangs up
+SmtpSession.timeouts = { idle = 300, handshake = 30 }
+function SmtpSession:handle_timeout(kind)
+  self:push("421 timeout, closing\r\n")
+  self:close_when_done()
+end
 
 function SmtpSession:init(sock)
   asynchat.async_chat.init(self, sock)

@@ -162,6 +162,17 @@ local tls_numeric_host = core.tls_numeric_host
 local tls_context_mt = core._tls_context_mt
 local chat_release = core.chat.chat_release
 
+local apply_timeouts   -- below: arms a channel's timeouts when a socket joins
+local core_set_timeout = core.set_timeout
+
+-- the timeouts in effect: the instance's own settings over the class's `timeouts`
+local function timeout_of(self, kind)
+  local own = rawget(self, "_timeouts")
+  if own and own[kind] ~= nil then return own[kind] or nil end
+  local cls = self.timeouts
+  return type(cls) == "table" and cls[kind] or nil
+end
+
 local function sockof(self, fname)
   local s = self.socket
   if s == nil then error(format("%s: the dispatcher has no socket", fname), 3) end
@@ -229,6 +240,7 @@ function dispatcher:set_socket(sock, map)
   checkmap(map, 2, "set_socket")
   rawset(self, "socket", sock)
   self:add_channel(map)
+  apply_timeouts(self)
 end
 
 --- Allow a server to re-bind its port at once (SO_REUSEADDR); errors are ignored.
@@ -270,12 +282,65 @@ function dispatcher:connect(addr, port)
     self:handle_connect_event()
   else
     update_interest(self)
+    local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "connect")
+    if t then core_set_timeout(self, "connect", t) end
   end
   local later = rawget(self, "_tls_later")
   if later then
     rawset(self, "_tls_later", nil)
     self:start_tls(later[1], later[2])
   end
+end
+
+---------------------------------------------------------------------------
+-- timeouts
+---------------------------------------------------------------------------
+
+local TIMEOUT_KINDS = { connect = true, handshake = true, idle = true }
+
+local function check_seconds(seconds, n, fname)
+  if seconds == nil or seconds == false then return nil end
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds <= 0 or seconds == math.huge then
+    argerror(n, fname, "seconds: a positive number, or nil to disarm, expected, got " .. tostring(seconds), 3)
+  end
+  return seconds
+end
+
+
+-- a socket joined: arm what is set (idle at once; connect and handshake
+-- count from connect() and start_tls())
+apply_timeouts = function(self)
+  if rawget(self, "_timeouts") == nil and self.timeouts == nil then return end
+  local idle = timeout_of(self, "idle")
+  if idle then core_set_timeout(self, "idle", idle) end
+end
+
+--- Arm (seconds > 0) or disarm (nil, false) a timeout: "connect" (until
+-- connect completes), "handshake" (until the TLS handshake completes),
+-- "idle" (no byte received or sent for that long). Expiry calls
+-- handle_timeout(kind).
+function dispatcher:set_timeout(kind, seconds)
+  if not TIMEOUT_KINDS[kind] then
+    argerror(1, "set_timeout", "\"connect\", \"handshake\" or \"idle\" expected, got " .. tostring(kind))
+  end
+  seconds = check_seconds(seconds, 2, "set_timeout")
+  local own = rawget(self, "_timeouts")
+  if not own then
+    own = {}
+    rawset(self, "_timeouts", own)
+  end
+  own[kind] = seconds or false
+  if C.fileno(self) == nil then return end       -- no open socket yet: armed when one joins
+  if kind == "connect" and not self.connecting then seconds = nil end
+  if kind == "handshake" and not rawget(self, "_tls_handshaking") then seconds = nil end
+  core_set_timeout(self, kind, seconds)
+end
+
+-- the pass found a timeout expired: still relevant?
+function dispatcher:_timeout_due(kind)
+  if kind == "connect" and not self.connecting then return end
+  if kind == "handshake" and (self.tls_info(self) or not rawget(self, "_tls_handshaking")) then return end
+  self:handle_timeout(kind)
 end
 
 ---------------------------------------------------------------------------
@@ -310,6 +375,9 @@ function dispatcher:start_tls(ctx, opts)
     return
   end
   tls_start(self, ctx, host or rawget(self, "_connect_host"))
+  rawset(self, "_tls_handshaking", true)
+  local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "handshake")
+  if t then core_set_timeout(self, "handshake", t) end
 end
 
 --- `nil` before the TLS handshake completed; then a table: version, cipher,
@@ -382,6 +450,13 @@ function dispatcher:handle_error(err, traceback)
   self:log_info(format("uncaptured error, closing channel %s (%s)\n%s", repr,
     tostring(err), traceback or ""), "error")
   self:handle_close()
+end
+
+--- A timeout expired: the default logs a warning and closes the channel.
+function dispatcher:handle_timeout(kind)
+  self:log_info(format("%s: %s timeout (%gs), closing", addr_text(rawget(self, "addr")), kind,
+    timeout_of(self, kind) or 0), "warning")
+  self:close()
 end
 
 --- Urgent (out-of-band) data arrived: the default drops it and warns once.

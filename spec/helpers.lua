@@ -240,6 +240,25 @@ leaf rogue localhost "DNS:localhost,IP:127.0.0.1" rogue-ca
   return certdir
 end
 
+--- A port whose connects hang: a listener that never accepts, its queue
+-- filled, so the kernel drops further SYNs. Returns the port and a function
+-- that closes it all.
+function H.hanging_port()
+  local l = asyncore.socket()
+  l:bind { "127.0.0.1", 0 }
+  l:listen(0)
+  local port = l:getsockname()[2]
+  local fillers = {}
+  for i = 1, 4 do
+    fillers[i] = asyncore.socket()
+    fillers[i]:connect { "127.0.0.1", port }
+  end
+  return port, function()
+    for _, f in ipairs(fillers) do f:close() end
+    l:close()
+  end
+end
+
 --- Close everything and check the map is empty.
 function H.cleanup()
   asyncore.close_all()

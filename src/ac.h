@@ -25,6 +25,7 @@
 #define AC_EV_PRI   0x04u
 #define AC_EV_HUP   0x08u
 #define AC_EV_ERR   0x10u
+#define AC_EV_TIMEOUT 0x20u  /* not from a poller: a channel's timeout expired (ltimeout.c) */
 
 /* one fired event, as every backend reports it */
 struct ac_fired {

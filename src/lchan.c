@@ -282,6 +282,7 @@ static int lchan_handle_connect_event(lua_State *L)
     if (soerr)
         return ac_raise(L, "connect", soerr);
     lua_settop(L, 1);
+    s->to_connect = 0;   /* connected: its timeout is over */
     ac_call_method(L, 1, K_HANDLE_CONNECT, 0);
     set_field(L, 1, K_CONNECTED, 1);
     set_field(L, 1, K_CONNECTING, 0);

@@ -10,6 +10,7 @@
 #include "lerror.h"
 #include "lsocket.h"
 #include "lreg.h"
+#include "ltimeout.h"
 #include "lmode.h"
 #include "ltimer.h"
 #include "lchan.h"
@@ -92,6 +93,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_setfuncs(L, core_funcs, st, mt);
     /* bottom to top: each file uses only those opened before it */
     ac_reg_open(L, st, mt);
+    ac_timeout_open(L, st, mt);
     ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);
     ac_chan_open(L, st, mt);

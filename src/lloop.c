@@ -112,6 +112,21 @@ static int loop_dispatch(lua_State *L)
     uint32_t gen = s->gen;
     int fd = s->fd;
     lua_settop(L, 1);
+    if (ev & AC_EV_TIMEOUT) {   /* expired timeouts: the channel's _timeout_due(kind) */
+        static const char *const names[] = {"connect", "handshake", "idle"};
+        for (int k = 0; k < 3; k++) {
+            if (!(s->to_due & (1u << k)))
+                continue;
+            s->to_due &= ~(1u << k);
+            lua_getfield(L, 1, "_timeout_due");
+            lua_pushvalue(L, 1);
+            lua_pushstring(L, names[k]);
+            lua_call(L, 2, 0);
+            if ((s = ac_still(L, 1, ms, fd, gen)) == NULL)
+                return 0;
+        }
+        return 0;
+    }
     if (s->flags & SF_TP_EVENTS) {   /* the transport first (a TLS handshake) */
         ev = s->tp->event(L, 1, s, ev);
         lua_settop(L, 1);
@@ -235,40 +250,68 @@ static int dispatch(lua_State *L, ac_mapstate *ms, int chan, ac_socket *s, unsig
 }
 
 /*
+** Take one of the map state's lists whole (fds of sockets carrying `flag`):
+** the flags are cleared and the list emptied, so a handler may list its
+** socket again, for the next pass. Returns the (fd, gen) pairs in scratch.
+*/
+static int take_list(lua_State *L, ac_mapstate *ms, int *list, int *count, unsigned flag,
+                     struct ac_fired **snapp)
+{
+    int n = *count;
+    struct ac_fired *snap = pass_scratch(L, n);
+    for (int i = 0; i < n; i++) {
+        ac_socket *s = ms->socks[list[i]];
+        s->flags &= ~flag;
+        snap[i].fd = list[i];
+        snap[i].gen = s->gen;
+    }
+    *count = 0;
+    *snapp = snap;
+    return n;
+}
+
+/* the channel of a taken entry, at top+1, if it is still that registration */
+static ac_socket *taken_channel(lua_State *L, ac_mapstate *ms, int top, const struct ac_fired *e)
+{
+    lua_settop(L, top);
+    if (lua_rawgeti(L, L_MAP, e->fd) != LUA_TTABLE)
+        return NULL;
+    return ac_still(L, top + 1, ms, e->fd, e->gen);
+}
+
+/*
 ** Input a transport holds that the poller cannot see (TLS records read
 ** ahead): a read event for each listed socket whose reads are wanted and
-** whose transport still has something. The list is taken whole first; a
-** read may list its socket again, for the next pass.
+** whose transport still has something.
 */
 static int deliver_pending(lua_State *L, ac_mapstate *ms, int top)
 {
-    int n = 0;
-    struct ac_fired *snap = pass_scratch(L, ms->npend);
-    for (int i = 0; i < ms->npend; i++) {
-        int fd = ms->pend[i];
-        ac_socket *s = ms->socks[fd];
-        s->flags &= ~SF_TP_LISTED;
-        snap[n].fd = fd;
-        snap[n].gen = s->gen;
-        n++;
-    }
-    ms->npend = 0;
+    struct ac_fired *snap;
+    int n = take_list(L, ms, ms->pend, &ms->npend, SF_TP_LISTED, &snap);
     for (int i = 0; i < n; i++) {
-        lua_settop(L, top);
-        int fd = snap[i].fd;
-        if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
-            continue;
-        int chan = top + 1;
-        ac_socket *s = ac_still(L, chan, ms, fd, snap[i].gen);
+        ac_socket *s = taken_channel(L, ms, top, &snap[i]);
         if (s == NULL || !(s->flags & SF_TP_PENDING))
             continue;
-        if (!(ms->regs[fd].mask & AC_EV_READ))
+        if (!(ms->regs[s->fd].mask & AC_EV_READ))
             continue;   /* listed again when reads are wanted (ac_ms_setmask) */
         if (s->tp->pending == NULL || !s->tp->pending(s)) {
             s->flags &= ~SF_TP_PENDING;
             continue;
         }
-        if (dispatch(L, ms, chan, s, AC_EV_READ))
+        if (dispatch(L, ms, top + 1, s, AC_EV_READ))
+            return 1;
+    }
+    return 0;
+}
+
+/* channels whose timeouts expired (ltimeout.c's pass hook listed them) */
+static int deliver_expired(lua_State *L, ac_mapstate *ms, int top)
+{
+    struct ac_fired *snap;
+    int n = take_list(L, ms, ms->expired, &ms->nexpired, SF_TO_LISTED, &snap);
+    for (int i = 0; i < n; i++) {
+        ac_socket *s = taken_channel(L, ms, top, &snap[i]);
+        if (s != NULL && s->to_due != 0 && dispatch(L, ms, top + 1, s, AC_EV_TIMEOUT))
             return 1;
     }
     return 0;
@@ -297,6 +340,7 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
 {
     int64_t wait_us = timeout < 0 ? -1 : ac_us_until(timeout, 0);
     ac_monotime now = clock_now();
+    ac_io_clock = now;
 
     if (ms->pred_version != S->pred_version)
         ac_refresh_modes(L, S, ms, L_MAP);
@@ -365,6 +409,8 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
             return 1;
     }
     if (ms->npend > 0 && deliver_pending(L, ms, top))
+        return 1;
+    if (ms->nexpired > 0 && deliver_expired(L, ms, top))
         return 1;
     lua_settop(L, L_BASE);
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include "lmode.h"
+#include "ltimeout.h"
 #include "lerror.h"
 
 /* the stock functions, as registered by lchan.c and lchat.c at luaopen */
@@ -183,6 +184,8 @@ static int lmode_add_channel(lua_State *L)
         if (ms->regs[fd].mask)                     /* left over: clear it */
             ac_ms_setmask(ms, fd, 0);
         ms->regs[fd].gen = s->gen;
+        if (s->to_idle > 0 || s->to_connect > 0 || s->to_handshake > 0)
+            ac_timeout_rearm(ms, s);   /* its entries elsewhere went stale */
     }
     s->ms = ms;
     s->mapfd = fd;

@@ -64,6 +64,26 @@ static void pend_unlist(ac_mapstate *ms, ac_socket *s)
         }
 }
 
+void ac_ms_list_expired(ac_mapstate *ms, ac_socket *s)
+{
+    if (s->flags & SF_TO_LISTED)
+        return;
+    s->flags |= SF_TO_LISTED;
+    ms->expired[ms->nexpired++] = s->fd;   /* room: one entry per listed socket */
+}
+
+static void expired_unlist(ac_mapstate *ms, ac_socket *s)
+{
+    if (!(s->flags & SF_TO_LISTED))
+        return;
+    s->flags &= ~SF_TO_LISTED;
+    for (int i = 0; i < ms->nexpired; i++)
+        if (ms->expired[i] == s->fd) {
+            ms->expired[i] = ms->expired[--ms->nexpired];
+            break;
+        }
+}
+
 void ac_ms_mark_pending(ac_socket *s)
 {
     s->flags |= SF_TP_PENDING;
@@ -83,6 +103,8 @@ void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
         ms->socks[fd] = NULL;
         ms->nsocks--;
         pend_unlist(ms, s);
+        expired_unlist(ms, s);
+        s->to_armed = 0;   /* its heap entries are stale now: re-armed if it joins a map */
     }
     ac_ms_remove_custom(ms, s);
     if (s->paused_until > 0) {
@@ -140,6 +162,10 @@ int ac_ms_grow(ac_mapstate *ms, int fd)
     if (pd == NULL)
         return ENOMEM;
     ms->pend = pd;
+    int *ex = realloc(ms->expired, (size_t)n * sizeof *ex);
+    if (ex == NULL)
+        return ENOMEM;
+    ms->expired = ex;
     for (int i = ms->nregs; i < n; i++) {
         r[i].gen = 0;
         r[i].mask = 0;
@@ -160,7 +186,8 @@ static void ms_free(ac_mapstate *ms)
             s->ms = NULL;
             s->cidx = -1;
             s->paused_until = 0;
-            s->flags &= ~SF_TP_LISTED;
+            s->flags &= ~(SF_TP_LISTED | SF_TO_LISTED);
+            s->to_armed = 0;
         }
     }
     if (ms->p.ops)
@@ -170,6 +197,8 @@ static void ms_free(ac_mapstate *ms)
     free(ms->socks);
     free(ms->custom);
     free(ms->pend);
+    free(ms->expired);
+    theap_free(&ms->toheap);
     memset(ms, 0, sizeof *ms);
 }
 

@@ -37,6 +37,9 @@ typedef struct ac_mapstate {
     int npaused;                /* listeners resting after EMFILE */
     int *pend;                  /* fds of the sockets with SF_TP_LISTED (room for nregs) */
     int npend;
+    int *expired;               /* fds of the sockets with SF_TO_LISTED (room for nregs) */
+    int nexpired;
+    ac_theap toheap;            /* channel timeouts: (deadline, gen, fd), lazily deleted */
     int nsocks;
     uint32_t pred_version;      /* the pred_version the channels' modes were read at */
 } ac_mapstate;
@@ -52,6 +55,8 @@ int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask);
 ** list it for the pass while its registration asks for reads (a socket
 ** whose reads are not wanted now is listed when they are again) */
 void ac_ms_mark_pending(ac_socket *s);
+/* a timeout of s expired (its to_due bits are set): list it for the pass */
+void ac_ms_list_expired(ac_mapstate *ms, ac_socket *s);
 /* raise a poller's refusal (select: "descriptor too large") */
 int ac_raise_setmask(lua_State *L, const char *backend, int fd, int err);
 void ac_ms_add_custom(ac_mapstate *ms, ac_socket *s, int *errp);

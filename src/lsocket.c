@@ -55,23 +55,37 @@ ac_socket *ac_checksock(lua_State *L, int idx, const char *op)
 
 /* ---- the plain transport: the system calls themselves ---- */
 
+ac_monotime ac_io_clock;
+
+/* a transfer that moved bytes (or saw the end) is activity for the idle timeout */
 static int plain_read(ac_socket *s, char *p, size_t n, size_t *got)
 {
-    return sock_recv(s->fd, s->flags & SF_FILE, p, n, got);
+    int err = sock_recv(s->fd, s->flags & SF_FILE, p, n, got);
+    if (err == 0)
+        s->last_io = ac_io_clock;
+    return err;
 }
 
 static int plain_write(ac_socket *s, const char *p, size_t n, size_t *sent)
 {
-    return sock_send(s->fd, s->flags & SF_FILE, p, n, sent);
+    int err = sock_send(s->fd, s->flags & SF_FILE, p, n, sent);
+    if (*sent > 0)
+        s->last_io = ac_io_clock;
+    return err;
 }
 
 static int plain_writev(ac_socket *s, struct iovec *iov, int iovcnt, size_t *sent)
 {
+    int err;
     if (s->flags & SF_FILE)   /* a pipe: one piece at a time */
-        return sock_send(s->fd, 1, iov[0].iov_base, iov[0].iov_len, sent);
-    if (iovcnt == 1)
-        return sock_send(s->fd, 0, iov[0].iov_base, iov[0].iov_len, sent);
-    return sock_sendv(s->fd, iov, iovcnt, sent);
+        err = sock_send(s->fd, 1, iov[0].iov_base, iov[0].iov_len, sent);
+    else if (iovcnt == 1)
+        err = sock_send(s->fd, 0, iov[0].iov_base, iov[0].iov_len, sent);
+    else
+        err = sock_sendv(s->fd, iov, iovcnt, sent);
+    if (*sent > 0)
+        s->last_io = ac_io_clock;
+    return err;
 }
 
 static int plain_shutdown(ac_socket *s, int how)
@@ -149,6 +163,8 @@ void ac_sock_close(lua_State *L, ac_socket *s)
         s->fd = -1;
     }
     s->flags &= SF_FILE;
+    s->to_idle = s->to_connect = s->to_handshake = s->to_armed = 0;   /* never after close */
+    s->to_due = 0;
     buffer_free(&s->out);
 }
 

@@ -23,6 +23,12 @@
 #define SF_TP_EVENTS  0x100u  /* the transport takes the socket's events first (tp->event) */
 #define SF_TP_PENDING 0x200u  /* the transport holds input the poller cannot see */
 #define SF_TP_LISTED  0x400u  /* ... and the socket is on its map state's pending list */
+#define SF_TO_LISTED  0x800u  /* a timeout expired: on its map state's expired list */
+
+/* timeout kinds (ac_socket.to_due) */
+#define TO_CONNECT   0x1u
+#define TO_HANDSHAKE 0x2u
+#define TO_IDLE      0x4u
 
 /*
 ** Sockets (and chat states) begin with a magic number: with the userdata's
@@ -47,11 +53,21 @@ typedef struct ac_socket {
     ac_buffer out;          /* dispatcher_with_send's output */
     const ac_transport *tp; /* how bytes move: ac_plain_transport, or a wrapper */
     void *tpstate;          /* the wrapper's state (NULL for the plain transport) */
+    /* timeouts (ltimeout.c): deadlines on the monotonic clock, 0 = none */
+    ac_monotime last_io;    /* the last transfer (ac_io_clock then) */
+    ac_monotime to_idle;    /* idle timeout, seconds */
+    ac_monotime to_connect, to_handshake;
+    ac_monotime to_armed;   /* deadline of its live entry in the map state's heap */
+    unsigned to_due;        /* TO_* that expired and wait to be delivered */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)
 
 extern const ac_transport ac_plain_transport;
+
+/* the time transfers record as their socket's last_io: set at the start of
+** every pass (and by set_timeout), so a transfer pays a store, not a clock read */
+extern ac_monotime ac_io_clock;
 
 /* how a registered socket leaves its map state when it closes: lreg.c
 ** installs it (the socket layer sits below the registration layer) */

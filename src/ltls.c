@@ -659,6 +659,8 @@ static int tls_read(ac_socket *s, char *p, size_t n, size_t *got)
     }
     if (out_held(t))
         need_write(s);   /* a record OpenSSL answered (a key update) waits for the kernel */
+    if (total > 0 || err == -1)
+        s->last_io = ac_io_clock;
     if (total > 0) {
         *got = total;
         if (err != 0 && err != EAGAIN)
@@ -696,6 +698,7 @@ static int tls_write(ac_socket *s, const char *p, size_t n, size_t *sent)
         return t->ioerr ? t->ioerr : EPROTO;
     }
     *sent = w;
+    s->last_io = ac_io_clock;
     if (out_held(t))
         need_write(s);
     return 0;
@@ -842,6 +845,7 @@ static unsigned tls_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
         return 0;
     if (t->notify) {   /* completed (here, or already in start_tls's first step) */
         t->notify = 0;
+        s->to_handshake = 0;   /* its timeout is over */
         if (!out_held(t) || flush_held(t) == 0)
             s->flags &= ~SF_TP_EVENTS;
         ac_update_interest(L, chan, s);

@@ -1,0 +1,15 @@
+/*
+** ltimeout.h: per-channel timeouts (ltimeout.c): connect, handshake, idle.
+*/
+#ifndef AC_LTIMEOUT_H
+#define AC_LTIMEOUT_H
+#include "lreg.h"
+#pragma GCC visibility push(hidden)
+
+/* the socket s joined map state ms (a new generation): arm what it has set */
+void ac_timeout_rearm(ac_mapstate *ms, ac_socket *s);
+/* adds core.set_timeout; registers the pass hook */
+void ac_timeout_open(lua_State *L, int st, int mt);
+
+#pragma GCC visibility pop
+#endif
