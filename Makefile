@@ -10,15 +10,16 @@
 LUA       ?= lua5.4
 LUA_V     ?= 5.4
 LUA_INC   ?= $(shell pkg-config --cflags lua$(LUA_V) 2>/dev/null || echo -I/usr/include/lua$(LUA_V))
-# OpenSSL (1.1.1 or 3.x) for TLS
-SSL_INC   ?= $(shell pkg-config --cflags openssl 2>/dev/null)
-SSL_LIBS  ?= $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+# the libraries the core links: OpenSSL (1.1.1 or 3.x) for TLS, c-ares for
+# name resolution that never blocks
+EXT_INC   ?= $(shell pkg-config --cflags openssl libcares 2>/dev/null)
+EXT_LIBS  ?= $(shell pkg-config --libs openssl libcares 2>/dev/null || echo -lssl -lcrypto -lcares)
 CC        ?= cc
 CFLAGS    ?= -O2 -g
 LDFLAGS   ?=
 WARN       = -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes \
              -Wcast-qual -Wwrite-strings -Wundef -Wpointer-arith
-ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_INC) $(SSL_INC) -Isrc $(CFLAGS)
+ALL_CFLAGS = -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_INC) $(EXT_INC) -Isrc $(CFLAGS)
 BUSTED    ?= /usr/bin/busted
 
 PREFIX    ?= /usr/local
@@ -39,7 +40,7 @@ src/%.o: src/%.c $(HDRS)
 
 $(SO): $(OBJS)
 	@mkdir -p asyncore
-	$(CC) -shared -o $@ $(OBJS) $(LDFLAGS) $(SSL_LIBS)
+	$(CC) -shared -o $@ $(OBJS) $(LDFLAGS) $(EXT_LIBS)
 
 demo: $(SO)
 	@LUA_PATH="$(CURDIR)/lua/?.lua;;" LUA_CPATH="$(CURDIR)/?.so;;" LUA=$(LUA) sh examples/demo.sh
@@ -56,8 +57,8 @@ check: check-asan check-valgrind check-kqueue
 ASAN_DIR = build/asan
 check-asan:
 	@mkdir -p $(ASAN_DIR)/asyncore
-	$(CC) -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_INC) $(SSL_INC) -Isrc $(ASAN_FLAGS) -shared \
-	  -o $(ASAN_DIR)/asyncore/core.so $(SRCS) -fsanitize=address,undefined $(SSL_LIBS)
+	$(CC) -std=c99 -fPIC -fvisibility=hidden $(WARN) $(LUA_INC) $(EXT_INC) -Isrc $(ASAN_FLAGS) -shared \
+	  -o $(ASAN_DIR)/asyncore/core.so $(SRCS) -fsanitize=address,undefined $(EXT_LIBS)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	AC_CORE_DIR=$(ASAN_DIR) sh spec/run.sh $(LUA) $(BUSTED) --cpath="$(ASAN_DIR)/?.so"
@@ -76,7 +77,7 @@ KQ_DIR = build/kqueue
 check-kqueue:
 	@mkdir -p $(KQ_DIR)/asyncore
 	$(CC) $(ALL_CFLAGS) -DAC_HAVE_KQUEUE=1 -Ispec/kqueue_shim -shared -o $(KQ_DIR)/asyncore/core.so \
-	  $(SRCS) spec/kqueue_shim/kqueue_shim.c $(LDFLAGS) $(SSL_LIBS)
+	  $(SRCS) spec/kqueue_shim/kqueue_shim.c $(LDFLAGS) $(EXT_LIBS)
 	AC_CORE_DIR=$(KQ_DIR) sh spec/run.sh $(LUA) $(BUSTED) --cpath="$(KQ_DIR)/?.so" \
 	  spec/dispatcher_spec.lua spec/loop_spec.lua
 

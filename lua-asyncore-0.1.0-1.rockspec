@@ -24,6 +24,8 @@ dependencies = {
 external_dependencies = {
   -- TLS: OpenSSL 1.1.1 or 3.x (Debian: libssl-dev)
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
+  -- name resolution: c-ares (Debian: libc-ares-dev)
+  CARES = { header = "ares.h", library = "cares" },
 }
 test = {
   -- the specs under Lua 5.4 (Debian's `busted` command runs Lua 5.1)
@@ -37,13 +39,13 @@ build = {
       sources = {
         "src/buffer.c", "src/clock.c", "src/errnames.c", "src/lbind.c", "src/lchan.c",
         "src/lchat.c", "src/lcore.c", "src/lerror.c", "src/lloop.c", "src/lmode.c",
-        "src/lreg.c", "src/lsocket.c", "src/ltimeout.c", "src/ltimer.c", "src/ltls.c", "src/poller.c", "src/poller_epoll.c",
+        "src/lreg.c", "src/lresolve.c", "src/lsocket.c", "src/ltimeout.c", "src/ltimer.c", "src/ltls.c", "src/poller.c", "src/poller_epoll.c",
         "src/poller_kqueue.c", "src/poller_poll.c", "src/poller_select.c", "src/sock.c",
         "src/timerheap.c",
       },
-      incdirs = { "src", "$(OPENSSL_INCDIR)" },
-      libdirs = { "$(OPENSSL_LIBDIR)" },
-      libraries = { "ssl", "crypto" },
+      incdirs = { "src", "$(OPENSSL_INCDIR)", "$(CARES_INCDIR)" },
+      libdirs = { "$(OPENSSL_LIBDIR)", "$(CARES_LIBDIR)" },
+      libraries = { "ssl", "crypto", "cares" },
       defines = {},
     },
     asyncore = "lua/asyncore.lua",

@@ -163,6 +163,9 @@ local tls_context_mt = core._tls_context_mt
 local chat_release = core.chat.chat_release
 
 local apply_timeouts   -- below: arms a channel's timeouts when a socket joins
+local connect_by_name  -- below: connect{"name", port}
+local start_tls_now    -- below: TLS on the channel's socket, now
+local name_connect_done -- below: a name connect is over (or abandoned)
 local core_set_timeout = core.set_timeout
 
 -- the timeouts in effect: the instance's own settings over the class's `timeouts`
@@ -267,6 +270,14 @@ end
 
 --- Start a non-blocking connect; `handle_connect` runs when it completes.
 function dispatcher:connect(addr, port)
+  local host = port ~= nil and addr or type(addr) == "table" and addr[1]
+  if type(host) == "string" and (port ~= nil or type(addr) == "table") and not tls_numeric_host(host) then
+    local p = port or addr[2]
+    if math.type(p) ~= "integer" or p < 0 or p > 65535 then
+      argerror(1, "connect", "port: an integer 0-65535 expected, got " .. tostring(p))
+    end
+    return connect_by_name(self, host, p)
+  end
   local s = sockof(self, "connect")
   rawset(self, "connected", false)
   rawset(self, "connecting", true)
@@ -286,17 +297,12 @@ function dispatcher:connect(addr, port)
     if t then core_set_timeout(self, "connect", t) end
   end
   local later = rawget(self, "_tls_later")
-  if later then
+  if later then   -- start_tls was called before connect: what was queued since is not clear text
     rawset(self, "_tls_later", nil)
-    self:start_tls(later[1], later[2])
+    local o = later[2]
+    start_tls_now(self, later[1], o and o.server_hostname or rawget(self, "_connect_host"), true)
   end
 end
-
----------------------------------------------------------------------------
--- timeouts
----------------------------------------------------------------------------
-
-local TIMEOUT_KINDS = { connect = true, handshake = true, idle = true }
 
 local function check_seconds(seconds, n, fname)
   if seconds == nil or seconds == false then return nil end
@@ -305,6 +311,286 @@ local function check_seconds(seconds, n, fname)
   end
   return seconds
 end
+
+---------------------------------------------------------------------------
+-- names: resolution that never blocks (c-ares), connect by name
+---------------------------------------------------------------------------
+
+local resolve_start, resolve_cancel, resolve_failure =
+  core.resolve_start, core.resolve_cancel, core.resolve_failure
+local lookups = {}   -- id -> {fn =, host =, timer =}
+local ARES_ENODATA, ARES_ETIMEOUT = 1, 12
+
+local Lookup = {}
+Lookup.__index = Lookup
+Lookup.__name = "asyncore.lookup"
+--- Cancel a lookup: its callback is never called.
+function Lookup:cancel()
+  self.cancelled = true
+  if self.timer then self.timer:cancel() end
+  local id = self.id
+  if id and lookups[id] then
+    if lookups[id].timer then lookups[id].timer:cancel() end
+    lookups[id] = nil
+    resolve_cancel(id)
+  end
+end
+
+local function callback_error(err)
+  if err == M.ExitNow then return err end
+  return { err = err, tb = debug.traceback(nil, 2) }
+end
+
+-- run a resolve callback from the loop: an error is reported like a timer's
+local function run_callback(fn, addrs, err)
+  local ok, e = xpcall(fn, callback_error, addrs, err)
+  if not ok then
+    if e == M.ExitNow or type(e) ~= "table" or e.tb == nil then error(e, 0) end
+    M.handle_timer_error(e.err, e.tb)
+  end
+end
+
+core.resolve_init(function(id, addrs, status)
+  local l = lookups[id]
+  if not l then return end
+  lookups[id] = nil
+  if l.timer then l.timer:cancel() end
+  local err = nil
+  if addrs == nil then err = resolve_failure(status, l.host) end
+  run_callback(l.fn, addrs, err)
+end)
+
+local FAMILIES = { inet = M.AF_INET, inet6 = M.AF_INET6 }
+
+-- numeric addresses and "localhost" answer without a query
+local function answer_at_once(host, family)
+  local list
+  if tls_numeric_host(host) then
+    list = { { host = host, family = host:find(":", 1, true) and "inet6" or "inet" } }
+  elseif host:lower() == "localhost" then
+    list = { { host = "127.0.0.1", family = "inet" }, { host = "::1", family = "inet6" } }
+  else
+    return nil
+  end
+  local r = {}
+  for _, a in ipairs(list) do
+    if family == nil or a.family == family then r[#r + 1] = a end
+  end
+  return r
+end
+
+--- `resolve(host, fn [, opts])`: looks host up without blocking; later, from
+-- the loop, calls `fn(addrs)` (a list of `{host = "ip", family = "inet" or
+-- "inet6"}`) or `fn(nil, err)`. opts: family ("inet"/"inet6"), timeout
+-- (seconds per try), tries. Returns a handle with :cancel().
+function M.resolve(host, fn, opts)
+  if type(host) ~= "string" or host == "" then
+    argerror(1, "resolve", "host name expected, got " .. (host == "" and "an empty string" or type(host)))
+  end
+  if type(fn) ~= "function" then argerror(2, "resolve", "function expected, got " .. type(fn)) end
+  if opts ~= nil and type(opts) ~= "table" then argerror(3, "resolve", "table expected, got " .. type(opts)) end
+  local family, timeout, tries
+  if opts then
+    for k in pairs(opts) do
+      if k ~= "family" and k ~= "timeout" and k ~= "tries" then
+        argerror(3, "resolve", "unknown option '" .. tostring(k) .. "'")
+      end
+    end
+    family = opts.family
+    if family ~= nil and not FAMILIES[family] then
+      argerror(3, "resolve", "family: \"inet\" or \"inet6\" expected, got " .. tostring(family))
+    end
+    timeout = check_seconds(opts.timeout, 3, "resolve")
+    tries = opts.tries
+    if tries ~= nil and (math.type(tries) ~= "integer" or tries < 1) then
+      argerror(3, "resolve", "tries: a positive integer expected, got " .. tostring(tries))
+    end
+  end
+  local handle = setmetatable({ host = host }, Lookup)
+  local now = answer_at_once(host, family)
+  if now then
+    handle.timer = M.call_later(0, function()
+      if #now == 0 then
+        run_callback(fn, nil, resolve_failure(ARES_ENODATA, host))
+      else
+        run_callback(fn, now)
+      end
+    end)
+    return handle
+  end
+  local id = resolve_start(host, family and FAMILIES[family] or nil)
+  handle.id = id
+  local l = { fn = fn, host = host }
+  lookups[id] = l
+  if timeout then
+    l.timer = M.call_later(timeout * (tries or 1), function()
+      if lookups[id] == l then
+        lookups[id] = nil
+        resolve_cancel(id)
+        run_callback(fn, nil, resolve_failure(ARES_ETIMEOUT, host))
+      end
+    end)
+  end
+  return handle
+end
+
+--- `set_resolver{servers = {"127.0.0.1:5353", ...}, timeout =, tries =}`: the
+-- name servers to ask (and how long, how often); `set_resolver()`: the system's.
+function M.set_resolver(opts)
+  if opts == nil then return core.set_resolver() end
+  if type(opts) ~= "table" then argerror(1, "set_resolver", "table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if k ~= "servers" and k ~= "timeout" and k ~= "tries" then
+      argerror(1, "set_resolver", "unknown option '" .. tostring(k) .. "'")
+    end
+  end
+  local servers = opts.servers
+  local csv
+  if servers ~= nil then
+    if type(servers) ~= "table" or #servers == 0 then
+      argerror(1, "set_resolver", "servers: a list of \"ip[:port]\" strings expected")
+    end
+    for i, v in ipairs(servers) do
+      if type(v) ~= "string" or v:find(",", 1, true) then
+        argerror(1, "set_resolver", "servers[" .. i .. "]: \"ip[:port]\" expected, got " .. tostring(v))
+      end
+    end
+    csv = concat(servers, ",")
+  end
+  local timeout = check_seconds(opts.timeout, 1, "set_resolver")
+  local tries = opts.tries
+  if tries ~= nil and (math.type(tries) ~= "integer" or tries < 1) then
+    argerror(1, "set_resolver", "tries: a positive integer expected, got " .. tostring(tries))
+  end
+  core.set_resolver(csv, timeout and math.max(1, math.floor(timeout * 1000 + 0.5)) or nil, tries)
+end
+
+-- the family of a socket, from its local address
+local function socket_family(s)
+  local ok, a = pcall(s.getsockname, s)
+  if ok and type(a) == "table" then return tostring(a[1]):find(":", 1, true) and "inet6" or "inet" end
+  return nil
+end
+
+name_connect_done = function(self, nc)
+  if rawget(self, "_name_connect") == nc then
+    rawset(self, "_name_connect", nil)
+    rawset(self, "handle_connect_event", nil)
+  end
+  if nc.timer then nc.timer:cancel() end
+  if nc.lookup then nc.lookup:cancel() end
+end
+
+local function name_connect_fail(self, nc, err)
+  name_connect_done(self, nc)
+  return self:handle_error(err, "")
+end
+
+local try_next
+
+-- handle_connect_event while connecting by name: a failed address gives way
+-- to the next one
+local function name_connect_event(self)
+  local nc = rawget(self, "_name_connect")
+  local ok, err = pcall(C.handle_connect_event, self)
+  if ok then
+    if nc and not self.connecting then name_connect_done(self, nc) end
+    return
+  end
+  if nc and M.is_error(err) and err.op == "connect" and self.connecting and nc.i < #nc.addrs then
+    nc.last_err = err
+    return try_next(self, nc)
+  end
+  if nc then name_connect_done(self, nc) end
+  error(err, 0)
+end
+
+try_next = function(self, nc)
+  while true do
+    nc.i = nc.i + 1
+    local a = nc.addrs[nc.i]
+    if a == nil then
+      return name_connect_fail(self, nc, nc.last_err or resolve_failure(ARES_ENODATA, nc.host))
+    end
+    local s = self.socket
+    local idle = nc.idle_socket
+    nc.idle_socket = nil
+    if s ~= nil and s == idle and not nc.used and socket_family(s) == a.family then
+      self:add_channel()              -- the channel's own socket, back in the poller
+    else
+      local old = s
+      if old ~= nil then self:del_channel() end
+      self:create_socket(FAMILIES[a.family])
+      s = self.socket
+      if old ~= nil then
+        core.move_output(old, s)      -- what was sent meanwhile goes to the new socket
+        pcall(old.close, old)
+      end
+    end
+    nc.used = true
+    rawset(self, "addr", { a.host, nc.port })
+    local ok, done = pcall(s.connect, s, { a.host, nc.port })
+    if ok then
+      rawset(self, "handle_connect_event", name_connect_event)
+      if nc.tls then start_tls_now(self, nc.tls[1], nc.tls[2] or nc.host, true) end
+      if done then return self:handle_connect_event() end
+      return update_interest(self)
+    end
+    if not M.is_error(done) then error(done, 0) end
+    nc.last_err = done            -- refused or unreachable at once: the next one
+  end
+end
+
+connect_by_name = function(self, host, port)
+  local prev = rawget(self, "_name_connect")
+  if prev then name_connect_done(self, prev) end
+  rawset(self, "connected", false)
+  rawset(self, "connecting", true)
+  rawset(self, "addr", { host, port })
+  rawset(self, "_connect_host", host)
+  local nc = { host = host, port = port, i = 0 }
+  rawset(self, "_name_connect", nc)
+  local later = rawget(self, "_tls_later")
+  if later then
+    rawset(self, "_tls_later", nil)
+    local o = later[2]
+    nc.tls = { later[1], o and o.server_hostname }
+  end
+  -- the connect timeout counts the lookup too
+  local t = timeout_of(self, "connect")
+  if t then
+    nc.timer = M.call_later(t, function()
+      if rawget(self, "_name_connect") == nc then
+        name_connect_done(self, nc)
+        if self.connecting then self:handle_timeout("connect") end
+      end
+    end)
+  end
+  local s = self.socket
+  local family = nil
+  if s ~= nil and not pcall(s.fileno, s) then s = nil end   -- closed
+  if s ~= nil then
+    family = socket_family(s)
+    -- out of the poller until an address is tried; output queues meanwhile
+    self:del_channel()
+    core.mark_connecting(s, true)
+    nc.idle_socket = s
+  end
+  nc.lookup = M.resolve(host, function(addrs, err)
+    nc.lookup = nil
+    if rawget(self, "_name_connect") ~= nc then return end
+    if not addrs then return name_connect_fail(self, nc, err) end
+    nc.addrs = addrs
+    return try_next(self, nc)
+  end, { family = family })
+end
+
+---------------------------------------------------------------------------
+-- timeouts
+---------------------------------------------------------------------------
+
+local TIMEOUT_KINDS = { connect = true, handshake = true, idle = true }
+
 
 
 -- a socket joined: arm what is set (idle at once; connect and handshake
@@ -349,6 +635,13 @@ end
 
 local tls_start, tls_info = core.tls.start_tls, core.tls.tls_info
 
+start_tls_now = function(self, ctx, host, deferred)
+  tls_start(self, ctx, host, deferred)
+  rawset(self, "_tls_handshaking", true)
+  local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "handshake")
+  if t then core_set_timeout(self, "handshake", t) end
+end
+
 --- Start TLS on the channel's connection (at once when connected, else when
 -- the connection completes). `opts.server_hostname`: the name a client
 -- checks and sends as SNI; default: the host name given to `connect`.
@@ -374,10 +667,12 @@ function dispatcher:start_tls(ctx, opts)
     rawset(self, "_tls_later", { ctx, opts })
     return
   end
-  tls_start(self, ctx, host or rawget(self, "_connect_host"))
-  rawset(self, "_tls_handshaking", true)
-  local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "handshake")
-  if t then core_set_timeout(self, "handshake", t) end
+  local nc = rawget(self, "_name_connect")
+  if nc then   -- the name is being resolved: TLS starts on the socket that connects
+    nc.tls = { ctx, host }
+    return
+  end
+  start_tls_now(self, ctx, host or rawget(self, "_connect_host"))
 end
 
 --- `nil` before the TLS handshake completed; then a table: version, cipher,
@@ -388,6 +683,8 @@ dispatcher.tls_info = tls_info
 function dispatcher:handle_handshake() end
 
 function dispatcher:close()
+  local nc = rawget(self, "_name_connect")
+  if nc then name_connect_done(self, nc) end
   rawset(self, "connected", false)
   rawset(self, "accepting", false)
   rawset(self, "connecting", false)
@@ -441,7 +738,7 @@ end
 -- timed out, unreachable, broken pipe) is one line naming the peer; anything
 -- else is logged with its traceback. Both end in handle_close().
 function dispatcher:handle_error(err, traceback)
-  if M.is_error(err) and (ROUTINE[err.code] or err.op == "handshake") then
+  if M.is_error(err) and (ROUTINE[err.code] or err.op == "handshake" or err.op == "resolve") then
     self:log_info(format("%s: %s", addr_text(rawget(self, "addr")), tostring(err)), "error")
     return self:handle_close()
   end

@@ -11,6 +11,7 @@
 #include "lsocket.h"
 #include "lreg.h"
 #include "ltimeout.h"
+#include "lresolve.h"
 #include "lmode.h"
 #include "ltimer.h"
 #include "lchan.h"
@@ -44,7 +45,34 @@ static int lcore_init(lua_State *L)
     return 0;
 }
 
+/* core.mark_connecting(sock, on): a connect by name waits for its lookup:
+** output queues as during a connect (the socket is out of the poller) */
+static int lcore_mark_connecting(lua_State *L)
+{
+    ac_socket *s = ac_checksock(L, 1, "connect");
+    if (lua_toboolean(L, 2))
+        s->flags |= SF_CONNECTING;
+    else
+        s->flags &= ~SF_CONNECTING;
+    return 0;
+}
+
+/* core.move_output(from, to): dispatcher_with_send's queued output goes with
+** the channel to its next socket (a connect by name trying another address) */
+static int lcore_move_output(lua_State *L)
+{
+    ac_socket *from = ac_tosock(L, 1);
+    ac_socket *to = ac_checksock(L, 2, "connect");
+    luaL_argcheck(L, from != NULL, 1, "socket expected");
+    if (buffer_len(&from->out) > 0 && buffer_append(&to->out, buffer_begin(&from->out), buffer_len(&from->out)) != 0)
+        return ac_raise_nomem(L, "connect");
+    buffer_clear(&from->out);
+    return 0;
+}
+
 static const luaL_Reg core_funcs[] = {
+    {"mark_connecting", lcore_mark_connecting},
+    {"move_output", lcore_move_output},
     {"init", lcore_init},
     {"socket", lsocket_new},
     {"wrapfd", lsocket_wrapfd},
@@ -94,6 +122,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     /* bottom to top: each file uses only those opened before it */
     ac_reg_open(L, st, mt);
     ac_timeout_open(L, st, mt);
+    ac_resolve_open(L, st, mt);
     ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);
     ac_chan_open(L, st, mt);

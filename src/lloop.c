@@ -27,6 +27,7 @@
 #include "ltimer.h"
 #include "lchan.h"
 #include "lchat.h"
+#include "lresolve.h"
 
 /* stack slots of core.loop */
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
@@ -399,8 +400,12 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     for (int i = 0; i < nout; i++) {
         lua_settop(L, top);
         int fd = fired[i].fd;
-        if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE)
+        if (lua_rawgeti(L, L_MAP, fd) != LUA_TTABLE) {
+            ac_socket *is = fd < ms->nregs ? ms->socks[fd] : NULL;
+            if (is && (is->flags & SF_INTERNAL) && is->gen == fired[i].gen)
+                is->tp->event(L, 0, is, fired[i].events);   /* the resolver's: C only */
             continue;
+        }
         int chan = top + 1;
         ac_socket *s = ac_still(L, chan, ms, fd, fired[i].gen);
         if (s == NULL)
@@ -460,7 +465,7 @@ static int lloop_loop(lua_State *L)
         return 0;
     }
     while (count != 0) {
-        if (S->ntimers == 0 && map_empty(L))
+        if (S->ntimers == 0 && !ac_resolve_busy() && map_empty(L))
             break;
         if (loop_pass(L, S, ms, timeout))
             return lua_error(L);

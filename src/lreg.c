@@ -64,6 +64,33 @@ static void pend_unlist(ac_mapstate *ms, ac_socket *s)
         }
 }
 
+int ac_ms_register_internal(ac_mapstate *ms, ac_socket *s, unsigned mask)
+{
+    static uint32_t gen = 0x80000000u;   /* apart from the channels' generations */
+    int fd = s->fd;
+    int err = ac_ms_grow(ms, fd);
+    if (err)
+        return err;
+    if (ms->socks[fd] != NULL && ms->socks[fd] != s)
+        return EBUSY;
+    if (ms->socks[fd] == NULL) {
+        ms->socks[fd] = s;
+        ms->nsocks++;
+        if (++gen == 0)
+            gen = 0x80000000u;
+        s->gen = gen;
+        if (ms->regs[fd].mask)
+            ms->p.ops->set(&ms->p, fd, ms->regs[fd].mask, 0);
+        ms->regs[fd].mask = 0;
+        ms->regs[fd].gen = gen;
+    }
+    s->ms = ms;
+    err = ac_ms_setmask(ms, fd, mask);
+    if (err)
+        ac_ms_unregister(ms, s);
+    return err;
+}
+
 void ac_ms_list_expired(ac_mapstate *ms, ac_socket *s)
 {
     if (s->flags & SF_TO_LISTED)

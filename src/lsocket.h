@@ -24,6 +24,8 @@
 #define SF_TP_PENDING 0x200u  /* the transport holds input the poller cannot see */
 #define SF_TP_LISTED  0x400u  /* ... and the socket is on its map state's pending list */
 #define SF_TO_LISTED  0x800u  /* a timeout expired: on its map state's expired list */
+#define SF_INTERNAL  0x1000u  /* a registration of the core's own (resolver): no channel;
+                                 the pass gives its events to tp->event with chan 0 */
 
 /* timeout kinds (ac_socket.to_due) */
 #define TO_CONNECT   0x1u

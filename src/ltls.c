@@ -897,6 +897,7 @@ static int ltls_start(lua_State *L)
     ac_socket *s = ac_checkchan(L, 1, "start_tls");
     ac_tlsctx *c = checkctx(L, 2, "start_tls");
     const char *host = luaL_optstring(L, 3, NULL);
+    int deferred = lua_toboolean(L, 4);   /* asked for before the connect: nothing queued is clear text */
     lua_settop(L, 3);
     if (s->tp != &ac_plain_transport)
         return luaL_error(L, "start_tls: TLS is already on this channel");
@@ -957,12 +958,13 @@ static int ltls_start(lua_State *L)
     s->tpstate = t;
     s->tp = &tls_transport;
     s->flags |= SF_TP_EVENTS;
-    if (buffer_len(&s->out) > 0) {
+    if (!deferred && buffer_len(&s->out) > 0) {
         ac_buffer tmp = t->clear;
         t->clear = s->out;
         s->out = tmp;
     }
-    ac_chat_handover(L, 1, &t->clear, &t->prefix);
+    if (!deferred)
+        ac_chat_handover(L, 1, &t->clear, &t->prefix);
     if (sock_isclosed(s) || s->tpstate != t)
         return 0;   /* a producer closed the channel */
     if (s->flags & SF_CONNECTING)
