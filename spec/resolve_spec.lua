@@ -6,6 +6,7 @@ local H = require "helpers"
 
 local TABLE = [[{
   "one.test": {"A": ["127.0.0.1"]},
+  "child.test": {"A": ["127.0.0.3"]},
   "multi.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
   "six.test": {"AAAA": ["::1"]},
   "slow.test": {"A": ["127.0.0.1"], "delay": 1.5},
@@ -221,6 +222,28 @@ describe("names", function()
     assert.equal(1, #ev.errors)
     assert.is_true(asyncore.is_error(ev.errors[1], "CERTIFICATE_VERIFY_FAILED"))
     assert.matches("hostname mismatch", tostring(ev.errors[1]))
+  end)
+
+  it("a resolver with a lookup under way at fork() is made anew in the child; the parent's goes on", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local inc = H.capture("pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4"):gsub("%s+$", "")
+    local out = H.capture(("cc -shared -fPIC %s -o %s/forker.so spec/peers/forker.c"):format(inc, dir))
+    assert.equal("", out)
+    out = H.capture(("timeout 20 %s spec/peers/fork_resolve.lua %s %d"):format(H.LUA, dir, dns_port))
+    os.execute("rm -rf " .. dir)
+    assert.matches("child%s+127%.0%.0%.3", out)
+    -- the lookup under way at fork() belongs to the parent: the child's copy ends
+    assert.matches("child inherited%s+resolve: slow%.test: .*%(ECANCELED%)", out)
+    assert.matches("child status%s+0", out)
+    assert.matches("parent slow%s+127%.0%.0%.1", out)
+    -- the child asked from a socket of its own, not the one it inherited
+    local parent_port = dns.output():match("query slow%.test %S+ from (%d+)")
+    local child_port = dns.output():match("query child%.test %S+ from (%d+)")
+    assert.is_string(parent_port)
+    assert.is_string(child_port)
+    assert.are_not.equal(parent_port, child_port)
   end)
 
   it("rejects bad arguments", function()

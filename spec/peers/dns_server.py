@@ -6,8 +6,8 @@ JSON maps names to what to answer:
   {"one.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
    "slow.test": {"A": ["127.0.0.1"], "delay": 1.5},   # answers late
    "never.test": {"never": true}}                      # never answers
-Any other name gets NXDOMAIN. Prints "port N" once, then "query NAME TYPE"
-for every question it receives (the specs read the log: nothing else is
+Any other name gets NXDOMAIN. Prints "port N" once, then "query NAME TYPE from
+PORT" for every question it receives (the specs read the log: nothing else is
 ever asked of anyone).
 """
 import json
@@ -33,12 +33,12 @@ def parse_question(msg):
     return ".".join(labels).lower(), qtype, i + 4
 
 
-def answer(msg, table):
+def answer(msg, table, peer):
     qid = msg[:2]
     name, qtype, end = parse_question(msg)
     question = msg[12:end]
     entry = table.get(name)
-    say("query", name, TYPES.get(qtype, qtype))
+    say("query", name, TYPES.get(qtype, qtype), "from", peer[1])
     if entry is None:
         header = qid + struct.pack("!HHHHH", 0x8583, 1, 0, 0, 0)   # NXDOMAIN, authoritative
         return header + question, 0, False
@@ -67,7 +67,7 @@ def main():
     while True:
         msg, peer = s.recvfrom(4096)
         try:
-            reply, delay, never = answer(msg, table)
+            reply, delay, never = answer(msg, table, peer)
         except (IndexError, struct.error):
             continue
         if never or reply is None:
