@@ -10,7 +10,8 @@ line each, and ends with "OK ..." or "FAIL ...".
       connects, prints the peer's subject, sends "ping\n", prints the answer
       line, then sends "bye\n", waits for the end and unwraps (our close_notify).
   py_tls.py bulk PORT CAFILE HOSTNAME NBYTES
-      sends NBYTES while reading the echo back (threads), checks it is intact.
+      sends NBYTES while reading the echo back (one thread, non-blocking),
+      checks it is intact.
   py_tls.py starttls PORT CAFILE HOSTNAME
       plaintext: reads the greeting, sends "STARTTLS\r\n" and the ClientHello
       in one segment, reads the "220" reply, completes the handshake, sends
@@ -22,7 +23,6 @@ import hashlib
 import socket
 import ssl
 import sys
-import threading
 
 
 def arg(name, default=None):
@@ -113,33 +113,54 @@ def client(port, cafile, host):
 
 
 def bulk(port, cafile, host, n):
+    # one thread, non-blocking: an SSL object must not be used by two threads
+    # at once (a writer thread and a reader thread would race inside OpenSSL)
+    import selectors
     n = int(n)
     ctx = client_ctx(cafile)
     raw = socket.create_connection(("127.0.0.1", int(port)), timeout=60)
     conn = ctx.wrap_socket(raw, server_hostname=host)
+    conn.setblocking(False)
     block = hashlib.sha256(b"seed").digest() * 2048   # 64 KiB
-    sent = hashlib.sha256()
-
-    def writer():
-        left = n
-        while left > 0:
-            b = block[:left]
-            conn.sendall(b)
-            sent.update(b)
-            left -= len(b)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    got = hashlib.sha256()
-    have = 0
+    sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+    left, have = n, 0
+    pending = b""
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    idle = 0
     while have < n:
-        d = conn.recv(262144)
-        if not d:
+        events = sel.select(timeout=5)
+        if not events:
+            idle += 1
+            if idle > 12:
+                break   # a minute without progress
+            continue
+        idle = 0
+        # read first: the peer echoes, and must not block on us
+        try:
+            while True:
+                d = conn.recv(262144)
+                if not d:
+                    raise EOFError
+                got_hash.update(d)
+                have += len(d)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        except EOFError:
             break
-        got.update(d)
-        have += len(d)
-    t.join()
-    if have == n and got.digest() == sent.digest():
+        while left > 0 or pending:
+            if not pending:
+                pending = block[:left]
+                sent_hash.update(pending)
+                left -= len(pending)
+            try:
+                k = conn.send(pending)
+                pending = pending[k:]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+        if left == 0 and not pending:
+            sel.modify(conn, selectors.EVENT_READ)
+    if have == n and got_hash.digest() == sent_hash.digest():
         say("OK", have)
     else:
         say("FAIL got", have, "of", n)
