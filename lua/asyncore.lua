@@ -293,7 +293,7 @@ function dispatcher:connect(addr, port)
     self:handle_connect_event()
   else
     update_interest(self)
-    local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "connect")
+    local t = timeout_of(self, "connect")
     if t then core_set_timeout(self, "connect", t) end
   end
   local later = rawget(self, "_tls_later")
@@ -596,7 +596,6 @@ local TIMEOUT_KINDS = { connect = true, handshake = true, idle = true }
 -- a socket joined: arm what is set (idle at once; connect and handshake
 -- count from connect() and start_tls())
 apply_timeouts = function(self)
-  if rawget(self, "_timeouts") == nil and self.timeouts == nil then return end
   local idle = timeout_of(self, "idle")
   if idle then core_set_timeout(self, "idle", idle) end
 end
@@ -638,7 +637,7 @@ local tls_start, tls_info = core.tls.start_tls, core.tls.tls_info
 start_tls_now = function(self, ctx, host, deferred)
   tls_start(self, ctx, host, deferred)
   rawset(self, "_tls_handshaking", true)
-  local t = (rawget(self, "_timeouts") or self.timeouts) and timeout_of(self, "handshake")
+  local t = timeout_of(self, "handshake")
   if t then core_set_timeout(self, "handshake", t) end
 end
 

@@ -8,6 +8,23 @@ local H = require "helpers"
 local D = H.tls_certs()
 local PY = "python3 spec/peers/py_tls.py "
 
+-- a Python ssl server (py_tls.py server) with that certificate ("server",
+-- "rogue") and options: the process and its port
+local function py_server(cert, opts)
+  local py = H.spawn(PY .. "server " .. D .. cert .. ".pem " .. D .. cert .. ".key" ..
+    (opts and " " .. opts or ""), 30)
+  return py, tonumber(py.wait_line("port (%d+)"))
+end
+
+-- wait until a py_tls.py run says OK or FAIL (or dies: "Error"); its output
+local function py_done(py, seconds)
+  H.run_until(function()
+    local out = py.output()
+    return out:match("OK") or out:match("FAIL") or out:match("Error")
+  end, seconds or 30)
+  return py.output()
+end
+
 local function server_ctx(extra)
   local o = { mode = "server", certfile = D .. "server.pem", keyfile = D .. "server.key" }
   for k, v in pairs(extra or {}) do o[k] = v end
@@ -181,8 +198,7 @@ describe("TLS", function()
   end
 
   it("talks to a Python ssl server, verified, and ends with a close_notify it accepts", function()
-    local py = H.spawn(PY .. "server " .. D .. "server.pem " .. D .. "server.key --unwrap", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("server", "--unwrap")
     local c, ev = line_client(port, client_ctx())
     ev.on_line = function(self, l)
       if l == "hello from python" then self:push("ping\n")
@@ -196,8 +212,7 @@ describe("TLS", function()
   end)
 
   it("treats a peer that closes without close_notify as the end of the stream", function()
-    local py = H.spawn(PY .. "server " .. D .. "server.pem " .. D .. "server.key --ragged", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("server", "--ragged")
     local c, ev = line_client(port, client_ctx())
     ev.on_line = function(self, l) if l == "hello from python" then self:push("bye\n") end end
     H.run_until(function() return ev.closed end, 10)
@@ -209,7 +224,7 @@ describe("TLS", function()
   it("serves a Python ssl client, which gets our close_notify", function()
     local s, port, sev = line_server(server_ctx())
     local py = H.spawn(PY .. "client " .. port .. " " .. D .. "ca.pem localhost", 30)
-    H.run_until(function() return py.output():match("OK") or py.output():match("FAIL") end, 30)
+    py_done(py)
     local out = py.output()
     assert.matches("subject localhost", out)
     assert.matches("answer lua: ping", out)
@@ -219,8 +234,7 @@ describe("TLS", function()
   end)
 
   it("fails a host name mismatch with the documented error and delivers nothing", function()
-    local py = H.spawn(PY .. "server " .. D .. "server.pem " .. D .. "server.key", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("server")
     local c, ev = line_client(port, client_ctx(), { server_hostname = "wrong.test" })
     H.run_until(function() return ev.closed end, 10)
     assert.equal(1, #ev.errors)
@@ -235,8 +249,7 @@ describe("TLS", function()
   end)
 
   it("fails an untrusted CA, and verify = false accepts it", function()
-    local py = H.spawn(PY .. "server " .. D .. "rogue.pem " .. D .. "rogue.key", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("rogue")
     local c, ev = line_client(port, client_ctx())
     H.run_until(function() return ev.closed end, 10)
     assert.is_true(asyncore.is_error(ev.errors[1], "CERTIFICATE_VERIFY_FAILED"))
@@ -244,8 +257,7 @@ describe("TLS", function()
     assert.same({}, ev.lines)
     py.kill()
 
-    py = H.spawn(PY .. "server " .. D .. "rogue.pem " .. D .. "rogue.key", 30)
-    port = tonumber(py.wait_line("port (%d+)"))
+    py, port = py_server("rogue")
     local c2, ev2 = line_client(port, asyncore.tls_context { verify = false })
     ev2.on_line = function(self, l) if l == "hello from python" then self:push("bye\n") end end
     H.run_until(function() return ev2.closed end, 10)
@@ -255,8 +267,7 @@ describe("TLS", function()
   end)
 
   it("negotiates ALPN with a Python server and with ours", function()
-    local py = H.spawn(PY .. "server " .. D .. "server.pem " .. D .. "server.key --alpn http/1.1,h2", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("server", "--alpn http/1.1,h2")
     local c, ev = line_client(port, client_ctx { alpn = { "h2", "http/1.1" } })
     ev.on_line = function(self, l) if l == "hello from python" then self:push("bye\n") end end
     H.run_until(function() return ev.closed end, 10)
@@ -266,7 +277,7 @@ describe("TLS", function()
 
     local s, port2, sev = line_server(server_ctx { alpn = { "x-ours", "h2" } })
     local py2 = H.spawn(PY .. "client " .. port2 .. " " .. D .. "ca.pem localhost --alpn h2,x-ours", 30)
-    H.run_until(function() return py2.output():match("OK") or py2.output():match("FAIL") end, 10)
+    py_done(py2, 10)
     assert.matches("alpn x%-ours", py2.output())
     assert.equal("x-ours", sev.info.alpn)
     py2.kill()
@@ -276,11 +287,11 @@ describe("TLS", function()
     local other = asyncore.tls_context { mode = "server", certfile = D .. "other.pem", keyfile = D .. "other.key" }
     local s, port, sev = line_server(server_ctx { sni = { ["other.test"] = other } })
     local py = H.spawn(PY .. "client " .. port .. " " .. D .. "ca.pem other.test", 30)
-    H.run_until(function() return py.output():match("OK") or py.output():match("FAIL") end, 30)
+    py_done(py)
     assert.matches("subject other.test", py.output())
     py.kill()
     local py2 = H.spawn(PY .. "client " .. port .. " " .. D .. "ca.pem localhost", 30)
-    H.run_until(function() return py2.output():match("OK") or py2.output():match("FAIL") end, 10)
+    py_done(py2, 10)
     assert.matches("subject localhost", py2.output())
     py2.kill()
     assert.same({}, sev.errors)
@@ -291,7 +302,7 @@ describe("TLS", function()
     local s, port, sev = line_server(ctx)
     local py = H.spawn(PY .. "client " .. port .. " " .. D .. "ca.pem localhost --cert " .. D ..
       "client.pem --key " .. D .. "client.key", 30)
-    H.run_until(function() return py.output():match("OK") or py.output():match("FAIL") end, 30)
+    py_done(py)
     assert.matches("OK unwrapped", py.output())
     assert.equal("CN=client", sev.info.peer_certificate.subject)
     assert.is_true(sev.info.verified)
@@ -333,7 +344,7 @@ describe("TLS", function()
     function E:handle_error(err) sev.errors[#sev.errors + 1] = err; self:close() end
     local s, port = listener(function(sock) E(sock) end)
     local py = H.spawn(PY .. "starttls " .. port .. " " .. D .. "ca.pem localhost", 30)
-    H.run_until(function() return py.output():match("OK") or py.output():match("FAIL") end, 30)
+    py_done(py)
     local out = py.output()
     assert.matches("greeting 220 ready", out)
     assert.matches("reply 220 go ahead", out)
@@ -403,7 +414,7 @@ describe("TLS", function()
       local s, port = listener(function(sock) Echo(sock) end)
       local n = 32 * 1024 * 1024
       local py = H.spawn(PY .. "bulk " .. port .. " " .. D .. "ca.pem localhost " .. n, 120)
-      H.run_until(function() return py.output():match("OK") or py.output():match("FAIL") or py.output():match("Error") end, 100)
+      py_done(py, 100)
       assert.equal("OK " .. n, py.output():match("OK %d+") or py.output())
       py.kill()
     end)
@@ -434,8 +445,7 @@ describe("TLS", function()
   end)
 
   it("reports a failed handshake once, also to a handle_error that does not close", function()
-    local py = H.spawn(PY .. "server " .. D .. "rogue.pem " .. D .. "rogue.key", 30)
-    local port = tonumber(py.wait_line("port (%d+)"))
+    local py, port = py_server("rogue")
     local C = asyncore.dispatcher:extend()
     local errors, reads = {}, 0
     function C:handle_connect() end

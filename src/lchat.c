@@ -688,6 +688,34 @@ static int lchat_close_when_done(lua_State *L)
     return 0;
 }
 
+/*
+** Ask the producer at p for its next chunk: obj:more() if it has one, else
+** obj() (a function or a callable object). Pushes the chunk and returns 1, or
+** pushes nothing and returns 0 when it is exhausted (nil or ""). Runs Lua.
+*/
+static int produce(lua_State *L, int p)
+{
+    if (lua_type(L, p) != LUA_TFUNCTION) {
+        ac_pushkey(L, K_MORE);
+        lua_gettable(L, p);
+        if (!lua_isnil(L, -1)) {
+            lua_pushvalue(L, p);
+            lua_call(L, 1, 1);
+            goto got;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, p);
+    lua_call(L, 0, 1);
+got:
+    if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > 0)
+        return 1;
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "producer returned %s (string or nil expected)", luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return 0;
+}
+
 static void pop_head(lua_State *L, int q, ac_chat *c)
 {
     lua_pushnil(L);
@@ -731,30 +759,10 @@ static int initiate_send(lua_State *L, ac_chat *c)
             return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
         }
         if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
-            int callable = t == LUA_TFUNCTION;
-            if (!callable) {                 /* an object: more() first, else __call */
-                ac_pushkey(L, K_MORE);
-                lua_gettable(L, -2);
-                if (lua_isnil(L, -1)) {
-                    lua_pop(L, 1);
-                    callable = 1;
-                }
-            }
-            if (callable) {
-                lua_pushvalue(L, -1);
-                lua_call(L, 0, 1);
-            } else {
-                lua_pushvalue(L, -2);
-                lua_call(L, 1, 1);
-            }
-            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+            if (produce(L, lua_gettop(L)))
                 lua_rawseti(L, 3, --c->head);
-            } else if (lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING) {
+            else
                 pop_head(L, 3, c);           /* exhausted */
-            } else {
-                return luaL_error(L, "producer returned %s (string or nil expected)",
-                                  luaL_typename(L, -1));
-            }
             lua_settop(L, 3);                /* the producer ran Lua: look the socket up again */
             ac_pushkey(L, K_SOCKET);
             lua_rawget(L, 1);
@@ -863,30 +871,12 @@ void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefi
             continue;
         }
         /* a producer: all it has, now */
-        if (t != LUA_TFUNCTION) {
-            ac_pushkey(L, K_MORE);
-            lua_gettable(L, -2);
-            if (lua_isnil(L, -1))
-                lua_pop(L, 1);
-            else
-                lua_insert(L, -2);                       /* more, obj */
-        }
-        int nargs = lua_gettop(L) - (top + 2) - 1;       /* 1 for obj:more() */
-        for (;;) {
-            for (int i = 0; i <= nargs; i++)
-                lua_pushvalue(L, top + 3 + i);
-            lua_call(L, nargs, 1);
-            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
-                size_t len;
-                const char *p = lua_tolstring(L, -1, &len);
-                if (buffer_append(clear, p, len) != 0)
-                    ac_raise_nomem(L, "start_tls");
-                lua_pop(L, 1);
-            } else if (lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING) {
-                break;
-            } else {
-                luaL_error(L, "producer returned %s (string or nil expected)", luaL_typename(L, -1));
-            }
+        while (produce(L, top + 3)) {
+            size_t len;
+            const char *p = lua_tolstring(L, -1, &len);
+            if (buffer_append(clear, p, len) != 0)
+                ac_raise_nomem(L, "start_tls");
+            lua_pop(L, 1);
         }
         lua_settop(L, top + 2);
         pop_head(L, top + 2, c);

@@ -46,20 +46,27 @@ void ac_ms_add_custom(ac_mapstate *ms, ac_socket *s, int *errp)
     ms->custom[ms->ncustom++] = s->fd;
 }
 
-static void pend_list(ac_mapstate *ms, ac_socket *s)
+/*
+** The map state's fd lists (sockets with input held by their transport;
+** sockets with expired timeouts): a socket is on a list at most once, which
+** its flag says, so a list has room enough with nregs entries.
+*/
+static void fdlist_add(int *list, int *n, ac_socket *s, unsigned flag)
 {
-    s->flags |= SF_TP_LISTED;
-    ms->pend[ms->npend++] = s->fd;   /* room: one entry per listed socket, fds < nregs */
+    if (s->flags & flag)
+        return;
+    s->flags |= flag;
+    list[(*n)++] = s->fd;
 }
 
-static void pend_unlist(ac_mapstate *ms, ac_socket *s)
+static void fdlist_remove(int *list, int *n, ac_socket *s, unsigned flag)
 {
-    if (!(s->flags & SF_TP_LISTED))
+    if (!(s->flags & flag))
         return;
-    s->flags &= ~SF_TP_LISTED;
-    for (int i = 0; i < ms->npend; i++)
-        if (ms->pend[i] == s->fd) {
-            ms->pend[i] = ms->pend[--ms->npend];
+    s->flags &= ~flag;
+    for (int i = 0; i < *n; i++)
+        if (list[i] == s->fd) {
+            list[i] = list[--*n];
             break;
         }
 }
@@ -93,22 +100,7 @@ int ac_ms_register_internal(ac_mapstate *ms, ac_socket *s, unsigned mask)
 
 void ac_ms_list_expired(ac_mapstate *ms, ac_socket *s)
 {
-    if (s->flags & SF_TO_LISTED)
-        return;
-    s->flags |= SF_TO_LISTED;
-    ms->expired[ms->nexpired++] = s->fd;   /* room: one entry per listed socket */
-}
-
-static void expired_unlist(ac_mapstate *ms, ac_socket *s)
-{
-    if (!(s->flags & SF_TO_LISTED))
-        return;
-    s->flags &= ~SF_TO_LISTED;
-    for (int i = 0; i < ms->nexpired; i++)
-        if (ms->expired[i] == s->fd) {
-            ms->expired[i] = ms->expired[--ms->nexpired];
-            break;
-        }
+    fdlist_add(ms->expired, &ms->nexpired, s, SF_TO_LISTED);
 }
 
 void ac_ms_mark_pending(ac_socket *s)
@@ -117,7 +109,7 @@ void ac_ms_mark_pending(ac_socket *s)
     ac_mapstate *ms = s->ms;
     if (ms && !(s->flags & SF_TP_LISTED) && s->fd >= 0 && s->fd < ms->nregs &&
         ms->socks[s->fd] == s && (ms->regs[s->fd].mask & AC_EV_READ))
-        pend_list(ms, s);
+        fdlist_add(ms->pend, &ms->npend, s, SF_TP_LISTED);
 }
 
 void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
@@ -129,8 +121,8 @@ void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
         ms->regs[fd].mask = 0;
         ms->socks[fd] = NULL;
         ms->nsocks--;
-        pend_unlist(ms, s);
-        expired_unlist(ms, s);
+        fdlist_remove(ms->pend, &ms->npend, s, SF_TP_LISTED);
+        fdlist_remove(ms->expired, &ms->nexpired, s, SF_TO_LISTED);
         s->to_armed = 0;   /* its heap entries are stale now: re-armed if it joins a map */
     }
     ac_ms_remove_custom(ms, s);
@@ -152,7 +144,7 @@ int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
         ms->regs[fd].mask = mask;
         ac_socket *s = ms->socks[fd];
         if ((mask & AC_EV_READ) && s && (s->flags & (SF_TP_PENDING | SF_TP_LISTED)) == SF_TP_PENDING)
-            pend_list(ms, s);   /* input held while reads were not wanted */
+            fdlist_add(ms->pend, &ms->npend, s, SF_TP_LISTED);   /* input held while reads were not wanted */
     }
     return err;
 }
