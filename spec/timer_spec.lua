@@ -76,21 +76,31 @@ describe("timers", function()
     it("are never early, and late by well under a millisecond typically (" .. backend .. ")", function()
       -- fractions of a millisecond too: waits are timed to the microsecond
       local delays = { 0.0043, 0.0101, 0.0127, 0.0171, 0.0233, 0.0302, 0.0368, 0.0419 }
-      local late = {}
-      -- the garbage of the specs before (tens of MiB) is collected now, not by a GC
-      -- step in the middle of this one: what is measured is the loop, not the collector
-      collectgarbage()
-      local t0 = H.now()
-      for i, d in ipairs(delays) do
-        asyncore.call_later(d, function() late[i] = H.now() - t0 - d end)
+      -- one round: the eight timers' lateness, sorted; never early in any round
+      local function round()
+        local late = {}
+        -- the garbage of the specs before (tens of MiB) is collected now, not by a GC
+        -- step in the middle of this one: what is measured is the loop, not the collector
+        collectgarbage()
+        local t0 = H.now()
+        for i, d in ipairs(delays) do
+          asyncore.call_later(d, function() late[i] = H.now() - t0 - d end)
+        end
+        asyncore.loop { backend = backend }
+        for i = 1, #delays do
+          assert.is_true(late[i] >= 0, "early by " .. -late[i])
+        end
+        table.sort(late)
+        return (late[4] + late[5]) / 2, late[#late]
       end
-      asyncore.loop { backend = backend }
-      for i = 1, #delays do
-        assert.is_true(late[i] >= 0, "early by " .. -late[i])
+      -- a loaded machine deschedules this process now and then (CI's is as busy as
+      -- ours): that is random, while a loop that oversleeps does so in every round.
+      -- So up to three rounds run, and one must keep both bounds.
+      local median, worst
+      for _ = 1, 3 do
+        median, worst = round()
+        if median < (slow and 0.02 or 0.0015) and worst < (slow and 0.1 or 0.025) then break end
       end
-      local sorted = { table.unpack(late) }
-      table.sort(sorted)
-      local median, worst = (sorted[4] + sorted[5]) / 2, sorted[#sorted]
       assert.is_true(median < (slow and 0.02 or 0.0015), ("median lateness %.4f s"):format(median))
       assert.is_true(worst < (slow and 0.1 or 0.025), ("late by %.4f s"):format(worst))
     end)
