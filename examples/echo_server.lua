@@ -11,9 +11,9 @@ function EchoHandler:handle_read()
   if #data > 0 then self:send(data) end
 end
 
-function EchoHandler:handle_close()
-  self:close()
-end
+-- No handle_close: the default sends what is still queued, then closes, so a
+-- client that half-closes gets every byte back; and a client that sends
+-- without reading pauses our reading at write_high_water (1 MiB queued).
 
 local EchoServer = asyncore.dispatcher:extend()
 

@@ -35,8 +35,10 @@ function async_chat:found_terminator()
   error(format("%s must override found_terminator()", tostring(getmetatable(self).__name)), 2)
 end
 
-function async_chat:handle_close()
-  self:close()
+--- The peer finished sending (only with allow_half_open): what is queued is
+-- sent, then the channel closes.
+function async_chat:handle_read_eof()
+  self:close_when_done()
 end
 
 --- More than max_in_buffer bytes arrived without a terminator: log, then

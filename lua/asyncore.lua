@@ -146,12 +146,21 @@ dispatcher.connecting = false
 dispatcher.closing = false
 dispatcher.addr = nil
 dispatcher.ignore_log_types = { warning = true }
+-- flow control: the marks of the classes that queue output (bytes; false: none)
+dispatcher.write_high_water = 1024 * 1024
+dispatcher.write_low_water = 256 * 1024
+-- end of stream -> handle_read_eof() (true) or handle_close() (false, Python's way)
+dispatcher.allow_half_open = false
 
 local C = core.dispatcher
 for _, name in ipairs { "recv", "send", "accept", "readable", "writable", "handle_read_event",
   "handle_write_event", "handle_accept", "handle_connect_event", "fileno" } do
   dispatcher[name] = C[name]
 end
+--- pause_reading(), resume_reading(), reading_paused(); the default
+-- handle_pause_writing / handle_resume_writing (the server side pauses its
+-- reading while its queued output is above write_high_water)
+for name, fn in pairs(core.flow) do dispatcher[name] = fn end
 dispatcher.add_channel = core.add_channel
 dispatcher.del_channel = core.del_channel
 -- fields new to an instance are stored as usual; a predicate or event method
@@ -777,6 +786,11 @@ function dispatcher:handle_close()
   self:close()
 end
 
+--- The peer finished sending (only with allow_half_open): the default closes.
+function dispatcher:handle_read_eof()
+  self:close()
+end
+
 M.dispatcher = dispatcher
 
 ---------------------------------------------------------------------------
@@ -786,6 +800,12 @@ M.dispatcher = dispatcher
 local dispatcher_with_send = dispatcher:extend()
 dispatcher_with_send.__name = "asyncore.dispatcher_with_send"
 for name, fn in pairs(core.dispatcher_with_send) do dispatcher_with_send[name] = fn end
+
+--- The peer finished sending (only with allow_half_open): what is queued is
+-- sent, then the channel closes.
+function dispatcher_with_send:handle_read_eof()
+  self:close_when_done()
+end
 M.dispatcher_with_send = dispatcher_with_send
 
 ---------------------------------------------------------------------------

@@ -6,14 +6,7 @@ local slow = os.getenv("AC_VALGRIND") ~= nil   -- under valgrind everything is ~
 local function hex(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
 
 -- An async_chat on one end of a TCP connection and a raw socket on the other.
-local function chat_pair(Cls, ...)
-  local l, port = H.listener()
-  local peer = asyncore.socket()
-  peer:connect { "127.0.0.1", port }
-  local sock = H.accept_one(l)
-  peer:setblocking(true)
-  return Cls(sock, ...), peer
-end
+local chat_pair = H.pair
 
 -- The same framing protocol as spec/peers/py_frame.py, in Lua.
 local Framer = asynchat.async_chat:extend()

@@ -87,6 +87,30 @@ function H.accept_one(l, seconds)
   return sock
 end
 
+--- A loopback connection whose accepted (server) side becomes a channel
+-- `Cls(sock, ...)`: returns the channel and the raw peer socket (blocking).
+function H.pair(Cls, ...)
+  local l, port = H.listener()
+  local peer = asyncore.socket()
+  peer:connect { "127.0.0.1", port }
+  local sock = H.accept_one(l)
+  peer:setblocking(true)
+  return Cls(sock, ...), peer
+end
+
+--- A listening channel on a free loopback port that calls
+-- `on_accept(sock, addr)` for each connection: returns it and its port.
+function H.serve(on_accept)
+  local S = asyncore.dispatcher:extend()
+  function S:handle_accepted(sock, addr) on_accept(sock, addr) end
+  local s = S()
+  s:create_socket()
+  s:set_reuse_addr()
+  s:bind { "127.0.0.1", 0 }
+  s:listen(16)
+  return s, s.socket:getsockname()[2]
+end
+
 --- Read the raw non-blocking socket `peer` until the end of stream, driving
 -- the loop meanwhile; returns everything it read.
 function H.read_to_eof(peer, seconds)

@@ -37,16 +37,7 @@ local function client_ctx(extra)
   return asyncore.tls_context(o)
 end
 
-local function listener(on_accept, backend)
-  local S = asyncore.dispatcher:extend()
-  function S:handle_accepted(sock, addr) on_accept(sock, addr) end
-  local s = S()
-  s:create_socket()
-  s:set_reuse_addr()
-  s:bind { "127.0.0.1", 0 }
-  s:listen(16)
-  return s, s.socket:getsockname()[2]
-end
+local listener = H.serve
 
 -- a line client (async_chat) that records everything that happens to it
 local function line_client(port, ctx, opts, host)

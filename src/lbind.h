@@ -57,7 +57,10 @@ typedef struct ac_state {
     X(MAX_IN_BUFFER, "max_in_buffer") X(AC_IN_BUFFER_SIZE, "ac_in_buffer_size") \
     X(AC_OUT_BUFFER_SIZE, "ac_out_buffer_size") X(CHAT, "_chat") X(MORE, "more") \
     X(INITIATE_SEND, "initiate_send") X(INDEX, "__index") \
-    X(HANDLE_HANDSHAKE, "handle_handshake")
+    X(HANDLE_HANDSHAKE, "handle_handshake") X(ALLOW_HALF_OPEN, "allow_half_open") \
+    X(HANDLE_READ_EOF, "handle_read_eof") X(HANDLE_PAUSE_WRITING, "handle_pause_writing") \
+    X(HANDLE_RESUME_WRITING, "handle_resume_writing") X(WRITE_HIGH_WATER, "write_high_water") \
+    X(WRITE_LOW_WATER, "write_low_water")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,

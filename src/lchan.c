@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include "lchan.h"
 #include "lerror.h"
+#include "lflow.h"
 #include "lmode.h"
 #include "errnames.h"
 
@@ -43,12 +44,14 @@ static int lchan_writable(lua_State *L)
     return 1;
 }
 
-/* dispatcher_with_send:writable(): not connected, or output waiting */
+/* dispatcher_with_send:writable(): not connected, or output waiting (a
+** close or shutdown asked for counts: it waits for its turn to write) */
 static int lds_writable(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
-    lua_pushboolean(L, (s && buffer_len(&s->out) > 0) || !ac_rawbool(L, 1, K_CONNECTED));
+    lua_pushboolean(L, (s && (buffer_len(&s->out) > 0 || (s->flags & (SF_DS_CLOSE | SF_SHUT_REQ)))) ||
+                       !ac_rawbool(L, 1, K_CONNECTED));
     return 1;
 }
 
@@ -79,7 +82,7 @@ static int lchan_recv(lua_State *L)
         return 1;
     }
     if (err == 0 || ac_is_disconnect(err))   /* end of stream, or the peer is gone */
-        peer_gone(L, 1);
+        ac_flow_read_end(L, 1, s, err);
     else if (err != EAGAIN)
         return ac_raise(L, "recv", err);
     lua_pushliteral(L, "");
@@ -128,16 +131,33 @@ static int flush_out(lua_State *L, ac_socket *s)
     return 0;
 }
 
+/* the peer is gone while output was queued: it can never be sent */
+static void ds_peer_gone(lua_State *L, ac_socket *s)
+{
+    buffer_clear(&s->out);
+    s->flags &= ~(SF_DS_CLOSE | SF_SHUT_REQ);
+    ac_update_interest(L, 1, s);
+    peer_gone(L, 1);
+}
+
 /*
 ** dispatcher_with_send:send(data): never loses data. With nothing queued the
 ** data goes straight to the socket; what it does not take is kept in C and
 ** written when the socket is writable. Returns the number of bytes queued.
+** After close_when_done() nothing more is queued (0); after
+** shutdown_when_done() sending is an error.
 */
 static int lds_send(lua_State *L)
 {
     ac_socket *s = ac_checkchan(L, 1, "send");
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
+    if (s->flags & (SF_DS_CLOSE | SF_SHUT_REQ | SF_WR_SHUT)) {
+        if (!(s->flags & SF_DS_CLOSE))
+            return luaL_error(L, "send: the sending side is shut down (shutdown_when_done)");
+        lua_pushinteger(L, 0);
+        return 1;
+    }
     if (ac_rawbool(L, 1, K_DEBUG)) {
         lua_pushfstring(L, "sending %s", luaL_tolstring(L, 2, NULL));
         lua_remove(L, -2);
@@ -150,7 +170,7 @@ static int lds_send(lua_State *L)
         int err = s->tp->write(s, p, n, &sent);
         if (err && err != EAGAIN) {
             if (ac_is_disconnect(err)) {
-                peer_gone(L, 1);
+                ds_peer_gone(L, s);
                 lua_pushinteger(L, 0);
                 return 1;
             }
@@ -161,9 +181,33 @@ static int lds_send(lua_State *L)
         if (buffer_append(&s->out, p + sent, n - sent) != 0)
             return ac_raise_nomem(L, "send");
         ac_update_interest(L, 1, s);
+        ac_flow_check(L, 1, s, buffer_len(&s->out));
     }
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
+}
+
+/*
+** The buffer is empty and close_when_done or shutdown_when_done was asked:
+** once the transport holds nothing either, close (through handle_close, as
+** async_chat does) or shut the sending side down.
+*/
+static int ds_finish(lua_State *L, ac_socket *s)
+{
+    if (s->tp->flush && s->tp->flush(s) != 0)
+        return 0;   /* the transport's own output first: writable again later */
+    if (s->flags & SF_DS_CLOSE) {
+        s->flags &= ~(SF_DS_CLOSE | SF_SHUT_REQ);
+        ac_update_interest(L, 1, s);
+        ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+        return 0;
+    }
+    int err = ac_flow_shutdown(L, 1, s);
+    if (err == 0)
+        ac_flow_shut_done(L, 1, s);
+    else if (err != EAGAIN)
+        ds_peer_gone(L, s);
+    return 0;
 }
 
 /* dispatcher_with_send:initiate_send() and :handle_write() */
@@ -171,10 +215,67 @@ static int lds_initiate_send(lua_State *L)
 {
     ac_socket *s = ac_checkchan(L, 1, "initiate_send");
     if (flush_out(L, s) != 0) {
-        peer_gone(L, 1);
+        ds_peer_gone(L, s);
         return 0;
     }
     ac_update_interest(L, 1, s);
+    if (s->flags & SF_WR_PAUSED) {
+        uint32_t gen = s->gen;
+        ac_flow_check(L, 1, s, buffer_len(&s->out));
+        if ((s = ac_chan_same(L, 1, gen)) == NULL)
+            return 0;
+    }
+    if (buffer_len(&s->out) == 0 && (s->flags & (SF_DS_CLOSE | SF_SHUT_REQ)))
+        return ds_finish(L, s);
+    return 0;
+}
+
+/*
+** dispatcher_with_send:close_when_done(): close (handle_close) once the
+** buffer is sent; what send() is given afterwards is not sent.
+*/
+static int lds_close_when_done(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "close_when_done");
+    s->flags |= SF_DS_CLOSE;
+    ac_update_interest(L, 1, s);
+    return 0;
+}
+
+/*
+** dispatcher_with_send:shutdown_when_done(): once the buffer is sent, shut
+** the sending side down (FIN; under TLS a close_notify first) and go on
+** reading.
+*/
+static int lds_shutdown_when_done(lua_State *L)
+{
+    ac_socket *s = ac_checkchan(L, 1, "shutdown_when_done");
+    if (!(s->flags & SF_WR_SHUT)) {
+        s->flags |= SF_SHUT_REQ;
+        ac_update_interest(L, 1, s);
+    }
+    return 0;
+}
+
+/*
+** dispatcher_with_send:handle_close(), the default: with output still queued
+** on a connected channel, send it and then close (as close_when_done); else
+** close now. Reached again while that is under way, it waits for it.
+*/
+static int lds_handle_close(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) && ac_rawbool(L, 1, K_CONNECTED) &&
+        (buffer_len(&s->out) > 0 || (s->flags & SF_SHUT_REQ) || (s->tp->flush && s->tp->flush(s) != 0))) {
+        if (!(s->flags & SF_DS_CLOSE)) {
+            s->flags |= SF_DS_CLOSE;
+            ac_update_interest(L, 1, s);
+        }
+        return 0;
+    }
+    ac_call_method(L, 1, K_CLOSE, 0);
     return 0;
 }
 
@@ -467,6 +568,8 @@ static const luaL_Reg chan_funcs[] = {
 static const luaL_Reg ds_funcs[] = {
     {"send", lds_send}, {"initiate_send", lds_initiate_send}, {"handle_write", lds_initiate_send},
     {"writable", lds_writable}, {"out_buffer_size", lds_out_buffer_size},
+    {"close_when_done", lds_close_when_done}, {"shutdown_when_done", lds_shutdown_when_done},
+    {"handle_close", lds_handle_close},
     {NULL, NULL}
 };
 

@@ -29,6 +29,7 @@
 #include <string.h>
 #include "lchat.h"
 #include "lerror.h"
+#include "lflow.h"
 #include "lmode.h"
 
 #define CHAT_MT "asyncore.chat"
@@ -50,6 +51,9 @@ struct ac_chat {
     size_t scanned;         /* `in` bytes already known not to start a match */
     lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
     size_t head_off;        /* bytes of the head string already sent */
+    size_t queued;          /* bytes waiting: the batch, the queue's strings (less head_off) */
+    unsigned char close_queued; /* close_when_done(): 1 queued, 2 reached (handle_close runs) */
+    unsigned char shut;     /* shutdown_when_done() was asked: nothing more may be pushed */
     /* what the channel's class says, read once per class version (see chat_class) */
     const void *cls;        /* the instance's dispatch table when read, or NULL */
     uint32_t cls_version;
@@ -357,6 +361,18 @@ static int lchat_get_data(lua_State *L)
     return 1;
 }
 
+/* drop the queued output of chat c (at ci): strings, producers, marks */
+static void drop_output(lua_State *L, ac_chat *c, int ci)
+{
+    buffer_clear(&c->batch);
+    lua_newtable(L);
+    lua_setiuservalue(L, ci, 1);
+    c->head = c->tail = 1;
+    c->head_off = 0;
+    c->queued = 0;
+    c->close_queued = c->shut = 0;
+}
+
 /* drop input, collected data and queued output of chat c (at ci); with
 ** `release`, give the buffers' memory back too */
 static void drop_all(lua_State *L, ac_chat *c, int ci, int release)
@@ -371,10 +387,7 @@ static void drop_all(lua_State *L, ac_chat *c, int ci, int release)
         buffer_clear(&c->batch);
     }
     c->scanned = 0;
-    lua_newtable(L);
-    lua_setiuservalue(L, ci, 1);
-    c->head = c->tail = 1;
-    c->head_off = 0;
+    drop_output(L, c, ci);
 }
 
 /*
@@ -432,7 +445,10 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stoc
 /*
 ** async_chat:handle_read(): read up to ac_in_buffer_size bytes into `in`,
 ** then frame: call collect_incoming_data / found_terminator as Python's
-** asynchat does. Stops early if a handler closes the channel. Afterwards,
+** asynchat does. Stops early if a handler closes the channel or pauses its
+** reading (the frames left are held: SF_HELD, and delivered first once it
+** resumes). At the end of the stream, a partial frame goes to
+** collect_incoming_data before handle_close (or handle_read_eof). Afterwards,
 ** more than max_in_buffer bytes held without a terminator -> handle_overflow.
 */
 static int lchat_handle_read(lua_State *L)
@@ -446,7 +462,22 @@ static int lchat_handle_read(lua_State *L)
         return luaL_error(L, "recv: the dispatcher has no socket");
     if (sock_isclosed(s))
         return ac_raise_closed(L, "recv");
+    if (s->flags & SF_RD_PAUSED)
+        return 0;                                   /* nothing is read while paused */
     int cls = chat_class(L, c);
+    int stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
+    uint32_t gen = s->gen;
+    int held = (s->flags & SF_HELD) != 0;
+    if (held) {                                     /* frames held while paused: first */
+        s->flags &= ~SF_HELD;
+        frame(L, c, s, gen, stock);
+        if (!ac_sock_same(s, gen))
+            return 0;
+        if (s->flags & SF_RD_PAUSED)
+            goto framed;
+        cls = chat_class(L, c);                     /* the handlers may have changed them */
+        stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
+    }
     lua_Integer want = chat_size(L, c, K_AC_IN_BUFFER_SIZE, cls);
     if (want > (1 << 24))
         want = 1 << 24;
@@ -454,20 +485,32 @@ static int lchat_handle_read(lua_State *L)
         return ac_raise_nomem(L, "async_chat");
     size_t got;
     int err = s->tp->read(s, c->in.data + c->in.last, (size_t)want, &got);
-    if (err == EAGAIN)
+    if (err == EAGAIN) {
+        if (held)
+            goto framed;
         return 0;
-    if (err == 0 && got == 0)
-        err = ECONNRESET;   /* end of stream: handled like a vanished peer */
+    }
+    if (err == 0 && got == 0) {
+        /* end of stream: a partial frame is still the peer's data */
+        if (buffer_len(&c->in) > 0) {
+            c->scanned = 0;
+            collect(L, c, buffer_len(&c->in), stock);
+            if (!ac_sock_same(s, gen))
+                return 0;
+        }
+        ac_flow_read_end(L, 1, s, 0);
+        return 0;
+    }
     if (err) {
         if (ac_is_disconnect(err))
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
+            return ac_flow_read_end(L, 1, s, err), 0;
         return ac_raise(L, "recv", err);
     }
     c->in.last += got;
-    uint32_t gen = s->gen;
-    frame(L, c, s, gen, chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls));
+    frame(L, c, s, gen, stock);
     if (!ac_sock_same(s, gen))
         return 0;
+framed:
     if (out_pending(c)) {         /* what the batch pushed: one write */
         if (queue_empty(c) && chat_stock(L, c, K_INITIATE_SEND, chat_class(L, c)) &&
             !(s->flags & (SF_CONNECTING | SF_FILE))) {
@@ -475,13 +518,14 @@ static int lchat_handle_read(lua_State *L)
             size_t sent = 0;
             err = s->tp->write(s, buffer_begin(&c->batch), buffer_len(&c->batch), &sent);
             if (err && err != EAGAIN) {
-                buffer_clear(&c->batch);
+                drop_output(L, c, 2);
                 s->flags &= ~SF_CHAT_PENDING;
                 if (ac_is_disconnect(err))
                     return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
                 return ac_raise(L, "send", err);
             }
             buffer_consume(&c->batch, sent);
+            c->queued -= sent;
             batch_to_queue(L, c, 2);    /* what the kernel did not take */
             if (queue_empty(c))
                 s->flags &= ~SF_CHAT_PENDING;
@@ -494,6 +538,9 @@ static int lchat_handle_read(lua_State *L)
                 return 0;
         }
         ac_update_interest(L, 1, s);   /* write interest only if some is left */
+        ac_flow_check(L, 1, s, c->queued);
+        if (!ac_sock_same(s, gen))
+            return 0;
     }
 
     if (buffer_len(&c->in) + buffer_len(&c->collected) == 0)
@@ -502,8 +549,13 @@ static int lchat_handle_read(lua_State *L)
     lua_gettable(L, 1);
     if (lua_isinteger(L, -1)) {
         lua_Integer max = lua_tointeger(L, -1);
-        if ((lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)) > max)
+        if ((lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)) > max) {
+            /* the input cannot be framed: nothing more is read (once, even
+            ** if handle_close waits for queued output to go first) */
+            s->flags |= SF_RD_EOF;
+            ac_update_interest(L, 1, s);
             ac_call_method(L, 1, K_HANDLE_OVERFLOW, 0);
+        }
     }
     return 0;
 }
@@ -559,6 +611,11 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stoc
         }
         if (!ac_sock_same(s, gen))
             break;
+        if (s->flags & SF_RD_PAUSED) {   /* no further frame until resume_reading() */
+            if (buffer_len(&c->in) > 0)
+                s->flags |= SF_HELD;
+            break;
+        }
     }
     c->framing = 0;
 }
@@ -584,19 +641,45 @@ static void mark_batch_output(lua_State *L)
 ** so it goes out even if a handler fails): handle_read sends what the whole
 ** batch pushed with one system call when it is done.
 */
-static int enqueue(lua_State *L, ac_chat *c)
+static void enqueue(lua_State *L, ac_chat *c)
 {
     batch_to_queue(L, c, 3);
+    if (lua_type(L, 2) == LUA_TSTRING)
+        c->queued += lua_rawlen(L, 2);
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
     lua_settop(L, 3);
     if (c->framing) {
         mark_batch_output(L);
-        return 0;
+        return;
     }
     call_initiate_send(L, c, 3);
-    return 0;
+}
+
+/* nothing may be pushed after shutdown_when_done() */
+static void check_not_shut(lua_State *L, ac_chat *c, const char *op)
+{
+    if (c->shut)
+        luaL_error(L, "%s: the sending side is shut down (shutdown_when_done)", op);
+}
+
+/*
+** push's answer, after the queue grew: false while it is above the channel's
+** high mark. A crossing calls handle_pause_writing (Lua: it may close the
+** channel; the answer stands).
+*/
+static int push_result(lua_State *L, ac_chat *c)
+{
+    ac_socket *s = ac_chansock(L, 1);
+    if (s == NULL || sock_isclosed(s)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    int above = c->queued > s->wr_high;
+    ac_flow_check(L, 1, s, c->queued);
+    lua_pushboolean(L, !above);
+    return 1;
 }
 
 /*
@@ -610,10 +693,13 @@ static int lchat_push(lua_State *L)
     ac_chat *c = checkchat(L, 1, "push");   /* 3: chat */
     if (lua_type(L, 2) != LUA_TSTRING)
         return luaL_typeerror(L, 2, "string");
+    check_not_shut(L, c, "push");
     size_t len;
     const char *p = lua_tolstring(L, 2, &len);
-    if (len == 0)
-        return 0;
+    if (len == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     /* while a batch is framed, gather (small pieces by copy): unless this is
     ** its last frame (nothing more is buffered) and nothing was gathered,
     ** which goes straight out as outside a batch */
@@ -621,11 +707,14 @@ static int lchat_push(lua_State *L)
     if (gather && queue_empty(c) && buffer_len(&c->batch) + len <= BATCH_MAX) {
         if (buffer_append(&c->batch, p, len) != 0)
             return ac_raise_nomem(L, "push");
+        c->queued += len;
         mark_batch_output(L);
-        return 0;
+        return push_result(L, c);
     }
-    if (gather || out_pending(c))
-        return enqueue(L, c);
+    if (gather || out_pending(c)) {
+        enqueue(L, c);
+        return push_result(L, c);
+    }
     int cls = chat_class(L, c);
     int stock = chat_stock(L, c, K_INITIATE_SEND, cls);
     ac_pushkey(L, K_SOCKET);
@@ -633,26 +722,37 @@ static int lchat_push(lua_State *L)
     ac_socket *s = ac_tosock(L, 4);
     if (!stock || s == NULL || sock_isclosed(s) || (s->flags & (SF_CONNECTING | SF_FILE))) {
         lua_settop(L, 3);
-        return enqueue(L, c);
+        enqueue(L, c);
+        return push_result(L, c);
     }
     lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, cls);
     size_t sent = 0;
     int err = s->tp->write(s, p, len < (size_t)obs ? len : (size_t)obs, &sent);
     if (err && err != EAGAIN) {
         if (ac_is_disconnect(err))
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
-        return ac_raise(L, "send", err);
+            ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+        else
+            return ac_raise(L, "send", err);
+        lua_pushboolean(L, 1);
+        return 1;
     }
-    if (sent == len)
-        return 0;                           /* all of it went out: nothing queued */
+    if (sent == len) {
+        lua_pushboolean(L, 1);              /* all of it went out: nothing queued */
+        return 1;
+    }
     lua_getiuservalue(L, 3, 1);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
     c->head_off = sent;
+    c->queued += len - sent;
     lua_pushvalue(L, 3);
     lua_replace(L, 2);
     lua_settop(L, 2);
-    return initiate_send(L, c);             /* the rest, as far as the kernel takes it */
+    initiate_send(L, c);                    /* the rest, as far as the kernel takes it */
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    lua_replace(L, 3);                      /* 3: chat, as push_result's callers have it */
+    return push_result(L, c);
 }
 
 static int lchat_push_with_producer(lua_State *L)
@@ -673,19 +773,76 @@ static int lchat_push_with_producer(lua_State *L)
     }
     if (!ok)
         return luaL_typeerror(L, 2, "producer (an object with more() or a function)");
-    return enqueue(L, c);
+    check_not_shut(L, c, "push_with_producer");
+    enqueue(L, c);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s != NULL && !sock_isclosed(s))
+        ac_flow_check(L, 1, s, c->queued);   /* what its first chunks made */
+    return 0;
+}
+
+/* queue a mark (false: close_when_done, true: shutdown_when_done) on the
+** chat of the channel at 1 (its state at 2) */
+static void queue_mark(lua_State *L, ac_chat *c, int shut)
+{
+    batch_to_queue(L, c, 2);
+    lua_getiuservalue(L, 2, 1);
+    lua_pushboolean(L, shut);
+    lua_rawseti(L, -2, c->tail++);
+    lua_pop(L, 1);
+    if (shut)
+        c->shut = 1;
+    else
+        c->close_queued = 1;
+    sync_socket(L, 1, c);
 }
 
 static int lchat_close_when_done(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "close_when_done");   /* 2: chat */
-    batch_to_queue(L, c, 2);
-    lua_getiuservalue(L, 2, 1);
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, -2, c->tail++);
-    sync_socket(L, 1, c);
+    queue_mark(L, c, 0);
     return 0;
+}
+
+/* async_chat:shutdown_when_done(): FIN (a close_notify first under TLS) once
+** everything queued before it is sent; reading goes on */
+static int lchat_shutdown_when_done(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "shutdown_when_done");   /* 2: chat */
+    ac_socket *s = ac_chansock(L, 1);
+    if (!c->shut && !(s && (s->flags & SF_WR_SHUT)))
+        queue_mark(L, c, 1);
+    return 0;
+}
+
+/*
+** async_chat:handle_close(), the default: with output still queued on a
+** connected channel, send it and then close (as close_when_done); else close
+** now. Reached again while that is under way, it waits for it.
+*/
+static int lchat_handle_close(lua_State *L)
+{
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "handle_close");   /* 2: chat */
+    ac_socket *s = ac_chansock(L, 1);
+    if (c->close_queued != 2 && s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) &&
+        ac_rawbool(L, 1, K_CONNECTED) && (out_pending(c) || (s->tp->flush && s->tp->flush(s) != 0))) {
+        if (!c->close_queued)
+            queue_mark(L, c, 0);
+        return 0;
+    }
+    ac_call_method(L, 1, K_CLOSE, 0);
+    return 0;
+}
+
+/* async_chat:out_buffer_size(): bytes queued (what producers made so far) */
+static int lchat_out_buffer_size(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "out_buffer_size");
+    lua_pushinteger(L, (lua_Integer)c->queued);
+    return 1;
 }
 
 /*
@@ -725,6 +882,15 @@ static void pop_head(lua_State *L, int q, ac_chat *c)
         c->head = c->tail = 1;   /* keep the keys small */
 }
 
+/* the peer is gone (a send failed): what is queued can never be sent; then
+** handle_close. Stack: 1 self, 2 its chat state c. */
+static void chat_peer_gone(lua_State *L, ac_chat *c, ac_socket *s)
+{
+    drop_output(L, c, 2);
+    sync_sock(L, 1, c, s);
+    ac_call_method(L, 1, K_HANDLE_CLOSE, 0);
+}
+
 /*
 ** async_chat:initiate_send(): send what the queue holds, as long as the
 ** kernel takes it. Producers are asked for their next chunk when they reach
@@ -734,7 +900,11 @@ static int lchat_initiate_send(lua_State *L)
 {
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "initiate_send");   /* 2: chat */
-    return initiate_send(L, c);
+    initiate_send(L, c);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s != NULL && !sock_isclosed(s))
+        ac_flow_check(L, 1, s, c->queued);
+    return 0;
 }
 
 /* the body of initiate_send; stack: 1 self, 2 its chat state c */
@@ -751,18 +921,32 @@ static int initiate_send(lua_State *L, ac_chat *c)
         if (queue_empty(c) || s == NULL || sock_isclosed(s) || (s->flags & SF_CONNECTING))
             break;
         int t = lua_rawgeti(L, 3, c->head);
-        if (t == LUA_TBOOLEAN) {             /* close_when_done */
+        if (t == LUA_TBOOLEAN) {             /* close_when_done, shutdown_when_done */
             if (s->tp->flush && s->tp->flush(s) != 0)
                 break;                       /* the transport still holds output */
+            if (!lua_toboolean(L, -1)) {
+                pop_head(L, 3, c);
+                c->close_queued = 2;             /* what was pushed after it is never sent */
+                sync_sock(L, 1, c, s);
+                return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
+            }
+            int err = ac_flow_shutdown(L, 1, s);
+            if (err == EAGAIN)
+                break;
+            if (err)
+                return chat_peer_gone(L, c, s), 0;
             pop_head(L, 3, c);
             sync_sock(L, 1, c, s);
-            return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
+            ac_flow_shut_done(L, 1, s);
+            return 0;
         }
         if (t != LUA_TSTRING) {              /* a producer: its next chunk goes in front */
-            if (produce(L, lua_gettop(L)))
+            if (produce(L, lua_gettop(L))) {
+                c->queued += lua_rawlen(L, -1);
                 lua_rawseti(L, 3, --c->head);
-            else
+            } else {
                 pop_head(L, 3, c);           /* exhausted */
+            }
             lua_settop(L, 3);                /* the producer ran Lua: look the socket up again */
             ac_pushkey(L, K_SOCKET);
             lua_rawget(L, 1);
@@ -805,14 +989,13 @@ static int initiate_send(lua_State *L, ac_chat *c)
         if (err == EAGAIN)
             break;
         if (err) {
-            if (ac_is_disconnect(err)) {
-                sync_sock(L, 1, c, s);
-                return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
-            }
+            if (ac_is_disconnect(err))
+                return chat_peer_gone(L, c, s), 0;
             sync_sock(L, 1, c, s);
             return ac_raise(L, "send", err);
         }
         /* drop what went out */
+        c->queued -= sent;
         size_t left = sent;
         while (left > 0 && !queue_empty(c)) {
             lua_rawgeti(L, 3, c->head);
@@ -854,7 +1037,7 @@ void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefi
     lua_getiuservalue(L, top + 1, 1);                    /* top+2: the queue */
     for (lua_Integer k = c->head; k < c->tail; k++)
         if (lua_rawgeti(L, top + 2, k) == LUA_TBOOLEAN)
-            luaL_error(L, "start_tls: close_when_done() is queued: the channel is closing");
+            luaL_error(L, "start_tls: close_when_done() or shutdown_when_done() is queued");
     lua_settop(L, top + 2);
     if (buffer_append(clear, buffer_begin(&c->batch), buffer_len(&c->batch)) != 0)
         ac_raise_nomem(L, "start_tls");
@@ -881,6 +1064,7 @@ void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefi
         lua_settop(L, top + 2);
         pop_head(L, top + 2, c);
     }
+    c->queued = 0;
     if (buffer_append(prefix, buffer_begin(&c->in), buffer_len(&c->in)) != 0)
         ac_raise_nomem(L, "start_tls");
     buffer_clear(&c->in);
@@ -896,7 +1080,13 @@ static int lchat_discard_buffers(lua_State *L)
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "discard_buffers");   /* 2: chat */
     drop_all(L, c, 2, 0);
-    sync_socket(L, 1, c);
+    ac_socket *s = ac_chansock(L, 1);
+    if (s != NULL && !sock_isclosed(s)) {
+        s->flags &= ~SF_HELD;
+        sync_sock(L, 1, c, s);
+        if (s->flags & SF_WR_PAUSED)   /* nothing queued now: below any low mark */
+            ac_flow_cross(L, 1, s);
+    }
     return 0;
 }
 
@@ -924,6 +1114,8 @@ static const luaL_Reg chat_funcs[] = {
     {"handle_read", lchat_handle_read}, {"handle_write", lchat_initiate_send},
     {"initiate_send", lchat_initiate_send}, {"push", lchat_push},
     {"push_with_producer", lchat_push_with_producer}, {"close_when_done", lchat_close_when_done},
+    {"shutdown_when_done", lchat_shutdown_when_done}, {"handle_close", lchat_handle_close},
+    {"out_buffer_size", lchat_out_buffer_size},
     {"discard_buffers", lchat_discard_buffers}, {"writable", lchat_writable},
     {"buffered", lchat_buffered}, {"chat_release", lchat_release},
     {NULL, NULL}

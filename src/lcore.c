@@ -12,6 +12,7 @@
 #include "lreg.h"
 #include "ltimeout.h"
 #include "lresolve.h"
+#include "lflow.h"
 #include "lmode.h"
 #include "ltimer.h"
 #include "lchan.h"
@@ -123,6 +124,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_reg_open(L, st, mt);
     ac_timeout_open(L, st, mt);
     ac_resolve_open(L, st, mt);
+    ac_flow_open(L, st, mt);
     ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);
     ac_chan_open(L, st, mt);

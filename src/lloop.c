@@ -133,6 +133,8 @@ static int loop_dispatch(lua_State *L)
         lua_settop(L, 1);
         if (ev == 0 || (s = ac_still(L, 1, ms, fd, gen)) == NULL)
             return 0;
+        if (s->flags & SF_RD_OFF)    /* the transport read for itself: the channel does not */
+            ev &= ~AC_EV_READ;
     }
     if (ev & AC_EV_READ) {
         if (s->mode & CM_RE_CUSTOM)
@@ -169,12 +171,12 @@ static int loop_predicates(lua_State *L)
     if (s == NULL || sock_isclosed(s))
         return 0;
     unsigned m = ac_stock_mask(L, 1, s);
-    if (s->mode & CM_RD_CUSTOM) {
+    if ((s->mode & CM_RD_CUSTOM) && !(s->flags & SF_RD_OFF)) {
         ac_pushkey(L, K_READABLE);
         lua_gettable(L, 1);
         lua_pushvalue(L, 1);
         lua_call(L, 1, 1);
-        if (lua_toboolean(L, -1) && s->paused_until <= 0)
+        if (lua_toboolean(L, -1) && s->paused_until <= 0 && !(s->flags & SF_RD_OFF))
             m |= AC_EV_READ;
         lua_pop(L, 1);
     }
@@ -229,6 +231,18 @@ static int dispatch(lua_State *L, ac_mapstate *ms, int chan, ac_socket *s, unsig
     int fd = s->fd;
     uint32_t gen = s->gen;
     int status;
+    if (s->flags & SF_RD_OFF) {
+        /* reading paused or over: no read event for the channel (a transport with
+        ** events of its own still gets them: loop_dispatch strips them after it);
+        ** a hang-up while paused waits too, unless it is an error: what the peer
+        ** sent before it is still to be read */
+        if (!(s->flags & SF_TP_EVENTS))
+            ev &= ~AC_EV_READ;
+        if ((s->flags & SF_RD_PAUSED) && !(ev & AC_EV_ERR))
+            ev &= ~AC_EV_HUP;
+        if (ev == 0)
+            return 0;
+    }
     if ((ev == AC_EV_READ || ev == AC_EV_WRITE) &&
         !(s->flags & (SF_LISTENING | SF_CONNECTING | SF_TP_EVENTS)) &&
         !(s->mode & (ev == AC_EV_READ ? CM_RE_CUSTOM : CM_WE_CUSTOM))) {
@@ -281,9 +295,9 @@ static ac_socket *taken_channel(lua_State *L, ac_mapstate *ms, int top, const st
 }
 
 /*
-** Input a transport holds that the poller cannot see (TLS records read
-** ahead): a read event for each listed socket whose reads are wanted and
-** whose transport still has something.
+** Input the poller cannot see (TLS records a transport read ahead, frames an
+** async_chat held while its reading was paused): a read event for each listed
+** socket whose reads are wanted and that still holds something.
 */
 static int deliver_pending(lua_State *L, ac_mapstate *ms, int top)
 {
@@ -291,11 +305,13 @@ static int deliver_pending(lua_State *L, ac_mapstate *ms, int top)
     int n = take_list(L, ms, ms->pend, &ms->npend, SF_TP_LISTED, &snap);
     for (int i = 0; i < n; i++) {
         ac_socket *s = taken_channel(L, ms, top, &snap[i]);
-        if (s == NULL || !(s->flags & SF_TP_PENDING))
+        if (s == NULL || !(s->flags & (SF_TP_PENDING | SF_HELD)))
             continue;
         if (!(ms->regs[s->fd].mask & AC_EV_READ))
             continue;   /* listed again when reads are wanted (ac_ms_setmask) */
-        if (s->tp->pending == NULL || !s->tp->pending(s)) {
+        if ((s->flags & SF_RD_OFF) && !(s->flags & SF_TP_EVENTS))
+            continue;   /* listed again by resume_reading (a handshake still gets its turn) */
+        if (!(s->flags & SF_HELD) && (s->tp->pending == NULL || !s->tp->pending(s))) {
             s->flags &= ~SF_TP_PENDING;
             continue;
         }

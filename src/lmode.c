@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include "lmode.h"
 #include "ltimeout.h"
+#include "lflow.h"
 #include "lerror.h"
 
 /* the stock functions, as registered by lchan.c and lchat.c at luaopen */
@@ -122,6 +123,7 @@ void ac_refresh_modes(lua_State *L, ac_state *S, ac_mapstate *ms, int map)
         lua_settop(L, top);
         if (lua_rawgeti(L, map, fd) != LUA_TTABLE || ac_chansock(L, top + 1) != s)
             continue;
+        ac_flow_read_marks(L, top + 1, s);
         int mask;
         int err = ms_apply_mode(L, top + 1, ms, s, &mask);
         if (err)
@@ -141,7 +143,13 @@ static int lmode_newindex(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 3);
     int watched = ac_is_mode_key(L, 2);
+    int mark = !watched && ac_flow_is_mark_key(L, 2);
     lua_rawset(L, 1);
+    if (mark) {
+        ac_socket *s = ac_chansock(L, 1);
+        if (s != NULL)
+            ac_flow_read_marks(L, 1, s);
+    }
     if (watched) {
         ac_socket *s = ac_chansock(L, 1);
         if (s != NULL && s->ms != NULL && !sock_isclosed(s)) {
@@ -166,6 +174,7 @@ static int lmode_add_channel(lua_State *L)
     ac_socket *s = ac_checkchan(L, 1, "add_channel");
     check_map_arg(L);
     lua_settop(L, 2);
+    ac_flow_read_marks(L, 1, s);
     ac_mapstate *ms = ac_getmapstate(L, 2, NULL);   /* 3: ms */
     if (s->ms && s->ms != ms)
         ac_ms_unregister(s->ms, s);
@@ -241,8 +250,8 @@ static int lmode_class_changed(lua_State *L)
 {
     ac_state *S = STATE(L);
     S->class_version++;
-    if (ac_is_mode_key(L, 1))
-        S->pred_version++;
+    if (ac_is_mode_key(L, 1) || ac_flow_is_mark_key(L, 1))
+        S->pred_version++;   /* the channels' modes (and marks) are read again */
     return 0;
 }
 

@@ -103,13 +103,19 @@ void ac_ms_list_expired(ac_mapstate *ms, ac_socket *s)
     fdlist_add(ms->expired, &ms->nexpired, s, SF_TO_LISTED);
 }
 
+void ac_ms_list_input(ac_socket *s)
+{
+    ac_mapstate *ms = s->ms;
+    if (ms && (s->flags & (SF_TP_PENDING | SF_HELD)) && !(s->flags & SF_TP_LISTED) &&
+        s->fd >= 0 && s->fd < ms->nregs && ms->socks[s->fd] == s &&
+        (ms->regs[s->fd].mask & AC_EV_READ))
+        fdlist_add(ms->pend, &ms->npend, s, SF_TP_LISTED);
+}
+
 void ac_ms_mark_pending(ac_socket *s)
 {
     s->flags |= SF_TP_PENDING;
-    ac_mapstate *ms = s->ms;
-    if (ms && !(s->flags & SF_TP_LISTED) && s->fd >= 0 && s->fd < ms->nregs &&
-        ms->socks[s->fd] == s && (ms->regs[s->fd].mask & AC_EV_READ))
-        fdlist_add(ms->pend, &ms->npend, s, SF_TP_LISTED);
+    ac_ms_list_input(s);
 }
 
 void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
@@ -143,7 +149,8 @@ int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
     if (err == 0) {
         ms->regs[fd].mask = mask;
         ac_socket *s = ms->socks[fd];
-        if ((mask & AC_EV_READ) && s && (s->flags & (SF_TP_PENDING | SF_TP_LISTED)) == SF_TP_PENDING)
+        if ((mask & AC_EV_READ) && s && (s->flags & (SF_TP_PENDING | SF_HELD)) &&
+            !(s->flags & SF_TP_LISTED))
             fdlist_add(ms->pend, &ms->npend, s, SF_TP_LISTED);   /* input held while reads were not wanted */
     }
     return err;
@@ -308,13 +315,14 @@ ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend)
 unsigned ac_stock_mask(lua_State *L, int chan, ac_socket *s)
 {
     unsigned m = 0;
-    if (!(s->mode & CM_RD_CUSTOM) && s->paused_until <= 0)
+    if (!(s->mode & CM_RD_CUSTOM) && s->paused_until <= 0 && !(s->flags & SF_RD_OFF))
         m |= AC_EV_READ;
     unsigned w = s->mode & CM_WR_MASK;
     if (w != CM_WR_CUSTOM) {
         if (w == CM_WR_TRUE)
             m |= AC_EV_WRITE;
-        else if (w == CM_WR_SEND ? buffer_len(&s->out) > 0 : ac_chat_wants_write(s))
+        else if (w == CM_WR_SEND ? buffer_len(&s->out) > 0 || (s->flags & (SF_DS_CLOSE | SF_SHUT_REQ))
+                                 : ac_chat_wants_write(s))
             m |= AC_EV_WRITE;
         else if (s->flags & SF_CONNECTING)   /* "not connected": the connect is under way */
             m |= AC_EV_WRITE;

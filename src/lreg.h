@@ -55,6 +55,9 @@ int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask);
 ** list it for the pass while its registration asks for reads (a socket
 ** whose reads are not wanted now is listed when they are again) */
 void ac_ms_mark_pending(ac_socket *s);
+/* list s for the pass if it holds input (SF_TP_PENDING or SF_HELD) and its
+** registration asks for reads (resume_reading calls it) */
+void ac_ms_list_input(ac_socket *s);
 /* register an internal socket (SF_INTERNAL: no channel, no Lua) with mask;
 ** 0 or an errno */
 int ac_ms_register_internal(ac_mapstate *ms, ac_socket *s, unsigned mask);

@@ -143,6 +143,7 @@ ac_socket *ac_newsock(lua_State *L)
     s->cidx = -1;
     s->mapfd = -1;
     s->tp = &ac_plain_transport;
+    s->wr_high = s->wr_low = SIZE_MAX;   /* until a channel's mode says */
     buffer_init(&s->out);
     lua_pushvalue(L, lua_upvalueindex(UP_SOCKMT));
     lua_setmetatable(L, -2);
@@ -489,7 +490,7 @@ int ac_accept(lua_State *L, ac_socket *s, int *errp)
     ns->fd = nfd;
     ns->family = s->family;
     ns->type = s->type;
-    ns->flags = SF_NONBLOCK;
+    ns->flags = SF_NONBLOCK | SF_FROM_ACCEPT;
     set_nodelay(ns);
     ac_pushaddr(L, &a);
     *errp = 0;

@@ -26,6 +26,18 @@
 #define SF_TO_LISTED  0x800u  /* a timeout expired: on its map state's expired list */
 #define SF_INTERNAL  0x1000u  /* a registration of the core's own (resolver): no channel;
                                  the pass gives its events to tp->event with chan 0 */
+/* flow control (lflow.c) */
+#define SF_RD_PAUSED 0x2000u  /* pause_reading(): no read interest, nothing read */
+#define SF_RD_EOF    0x4000u  /* end of stream seen: no read interest any more */
+#define SF_RD_OFF    (SF_RD_PAUSED | SF_RD_EOF)
+#define SF_WR_PAUSED 0x8000u  /* queued output rose above the high mark: handle_pause_writing
+                                 was called, handle_resume_writing not yet */
+#define SF_FROM_ACCEPT 0x10000u /* made by accept(): the server side of its connection */
+#define SF_DS_CLOSE  0x20000u /* dispatcher_with_send: close_when_done() asked */
+#define SF_SHUT_REQ  0x40000u /* shutdown_when_done() asked, not yet done */
+#define SF_WR_SHUT   0x80000u /* the sending side is shut down (FIN sent) */
+#define SF_HELD     0x100000u /* the channel holds input it did not deliver (async_chat
+                                 frames held while reading was paused) */
 
 /* timeout kinds (ac_socket.to_due) */
 #define TO_CONNECT   0x1u
@@ -53,6 +65,8 @@ typedef struct ac_socket {
     struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
+    size_t wr_high, wr_low; /* write_high_water, write_low_water (SIZE_MAX: off), read
+                               with the channel's mode */
     const ac_transport *tp; /* how bytes move: ac_plain_transport, or a wrapper */
     void *tpstate;          /* the wrapper's state (NULL for the plain transport) */
     /* timeouts (ltimeout.c): deadlines on the monotonic clock, 0 = none */

@@ -452,6 +452,7 @@ typedef struct ac_tls {
     int server, verify;
     int ioerr;               /* errno of the BIO's last failed system call, or 0 */
     int notify;              /* the handshake completed: handle_handshake is due */
+    int close_sent;          /* our close_notify is written (shutdown_when_done) */
     unsigned wanted;         /* the channel's own interest, as last told */
     ac_buffer prefix;        /* received before start_tls: the handshake reads it first */
     ac_buffer clear;         /* queued before start_tls: sent before any record */
@@ -731,13 +732,20 @@ static int tls_flush(ac_socket *s)
     return err ? EAGAIN : 0;
 }
 
+/* the sending side: a close_notify, then (once it and everything held
+** before it is sent: EAGAIN until then) the TCP FIN */
 static int tls_shutdown(ac_socket *s, int how)
 {
     ac_tls *t = s->tpstate;
     if (t->state == T_OPEN && how != SHUT_RD) {
-        SSL_shutdown(t->ssl);   /* the close_notify joins what is held */
-        ERR_clear_error();
-        flush_held(t);
+        if (!t->close_sent) {
+            t->close_sent = 1;
+            SSL_shutdown(t->ssl);   /* the close_notify joins what is held */
+            ERR_clear_error();
+        }
+        int err = flush_held(t);
+        if (err)
+            return err;
     }
     return sock_shutdown(s->fd, how);
 }
@@ -758,8 +766,10 @@ static void tls_close(ac_socket *s)
     if (t == NULL)
         return;
     if (t->state == T_OPEN && !t->ioerr) {
-        SSL_shutdown(t->ssl);
-        ERR_clear_error();
+        if (!t->close_sent) {
+            SSL_shutdown(t->ssl);
+            ERR_clear_error();
+        }
         flush_held(t);
     }
     s->tpstate = NULL;
