@@ -60,13 +60,16 @@ if not ROOT then
 end
 
 -- A producer that reads a file in 64 KiB chunks and closes it at the end (or
--- when the connection closes first: see HttpChannel:close).
+-- when the connection closes first: see HttpChannel:close). While it sends,
+-- its channel reads no further request (see HttpChannel:found_terminator):
+-- at the end it lets it read again.
 local FileProducer = asyncore.Object:extend()
-function FileProducer:init(f) self.f = f end
+function FileProducer:init(f, chan) self.f, self.chan = f, chan end
 function FileProducer:more()
   local chunk = self.f and self.f:read(65536)
   if not chunk then
     self:close()
+    if self.chan then self.chan:resume_reading() end
     return ""
   end
   return chunk
@@ -218,8 +221,12 @@ function HttpChannel:found_terminator()
   self:push(("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: %s\r\n%s\r\n")
     :format(size, ctype, self.close_after and "Connection: close\r\n" or ""))
   if method == "GET" then
-    self.producer = FileProducer(f)
+    -- a file goes out as the client takes it, so it does not count against
+    -- write_high_water: pipelined requests wait (unread) until it is sent,
+    -- and a client that never reads holds one open file, not one per request
+    self.producer = FileProducer(f, self)
     self:push_with_producer(self.producer)
+    self:pause_reading()
   else
     f:close()
   end

@@ -29,6 +29,27 @@ local function stored_mail(server)
   return mail
 end
 
+-- resident memory of process pid, in KiB
+local function rss_kib(pid)
+  local f = io.open("/proc/" .. pid .. "/status")
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  return tonumber(s:match("VmRSS:%s*(%d+)")) or 0
+end
+
+-- AddressSanitizer (make check) keeps freed memory in quarantine: resident
+-- sizes say nothing there
+local ASAN = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) ~= nil
+
+local function halfclose_peer(port, args, limit)
+  return H.spawn(("python3 %s/spec/peers/py_halfclose.py %d %s"):format(H.ROOT, port, args), limit or 120)
+end
+
+local function sha256(path, skip)
+  local cmd = skip and ("tail -c +%d %s | sha256sum"):format(skip + 1, path) or ("sha256sum " .. path)
+  return H.capture(cmd):match("^(%x+)")
+end
+
 describe("the examples", function()
   local procs = {}
   after_each(function()
@@ -49,6 +70,61 @@ describe("the examples", function()
       :format(H.LUA, port))
     assert.matches("connected to 127.0.0.1:" .. port, out)
     assert.matches("sent:     ping\nreceived: ping\nsent:     pong\nreceived: pong\ndone", out)
+  end)
+
+  it("echo_server.lua returns every byte of 16 MiB to a client that half-closes", function()
+    local port = free_port()
+    start(H.LUA .. " examples/echo_server.lua 127.0.0.1 " .. port)
+    wait_port(port)
+    local out = os.tmpname()
+    local p = halfclose_peer(port, ("send %d 21 %s"):format(16 * 1024 * 1024, out))
+    p.wait_line("received", 120)
+    os.remove(out)
+    assert.equal(p.output():match("sent (%d+ %x+)"), p.output():match("received (%d+ %x+)"))
+  end)
+
+  it("http_server.lua sends a whole 200 MB file after a half-close, and stays small under a client that never reads", function()
+    local port = free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute(("mkdir -p %s && head -c 200000000 /dev/urandom > %s/big.bin && head -c 65536 /dev/urandom > %s/page.bin")
+      :format(dir, dir, dir))
+    local server = start(("%s examples/http_server.lua 127.0.0.1 %d %s"):format(H.LUA, port, dir), 120)
+    wait_port(port)
+    -- the request, then shutdown(SHUT_WR): the whole answer still comes
+    local out = os.tmpname()
+    local p = halfclose_peer(port, "request 'GET /big.bin HTTP/1.1\\r\\n\\r\\n' " .. out)
+    p.wait_line("received", 120)
+    local head = io.open(out, "rb"):read(200):match("^(.-\r\n\r\n)")
+    assert.matches("^HTTP/1%.1 200 OK\r\nContent%-Length: 200000000\r\n", head)
+    assert.equal(#head + 200000000, tonumber(p.output():match("received (%d+)")))
+    assert.equal(sha256(dir .. "/big.bin"), sha256(out, #head))
+    os.remove(out)
+    -- a client pipelining requests it never reads: the server stops reading
+    -- it at about 1 MiB queued, and serves the others meanwhile
+    local pid = server.child_pid()
+    local before = rss_kib(pid)
+    local flood = halfclose_peer(port,
+      "flood 'GET /hello HTTP/1.1\\r\\n\\r\\nGET /page.bin HTTP/1.1\\r\\n\\r\\nGET /hello HTTP/1.1\\r\\n\\r\\n' 3", 30)
+    local most = before
+    local served = 0
+    H.run_until(function()
+      most = math.max(most, rss_kib(pid))
+      if served < 5 then
+        local t0 = H.now()
+        assert.equal("Hello, world!", H.capture("timeout 5 env -u LD_PRELOAD curl -s http://127.0.0.1:" .. port .. "/hello"))
+        assert.is_true(H.now() - t0 < 2, "another client waited " .. (H.now() - t0) .. " s")
+        served = served + 1
+      end
+      return flood.output():match("sent %d+") ~= nil
+    end, 30)
+    local sent = tonumber(flood.output():match("sent (%d+)"))
+    assert.is_true(sent < 64 * 1024 * 1024, "the server read " .. sent .. " bytes of requests it could not answer")
+    if not ASAN then
+      assert.is_true(most - before < 16 * 1024, ("the server grew by %d KiB"):format(most - before))
+    end
+    assert.not_matches("error", server.output())
+    os.execute("rm -rf " .. dir)
   end)
 
   it("client examples say a refused connect in one line and exit non-zero", function()
@@ -185,6 +261,46 @@ describe("the examples", function()
     assert.matches("HTTP/1%.0 200 OK", out)
     assert.matches("Content%-Length: 10", out)
     assert.matches("body: 10 bytes", out)
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("proxy.lua moves 256 MiB to a client reading at a limited rate in little memory, and forwards a half-close", function()
+    local hport, pport = free_port(), free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local SIZE = 256 * 1024 * 1024
+    os.execute(("mkdir -p %s && head -c %d /dev/urandom > %s/big.bin"):format(dir, SIZE, dir))
+    start(("%s examples/http_server.lua 127.0.0.1 %d %s"):format(H.LUA, hport, dir), 120)
+    wait_port(hport)
+    local proxy = start(("%s examples/proxy.lua %d 127.0.0.1 %d"):format(H.LUA, pport, hport), 120)
+    proxy.wait_line("forwarding")
+    local pid = proxy.child_pid()
+    local before = rss_kib(pid)
+    local out = os.tmpname()
+    -- 64 MiB/s: the target (a local file) sends many times faster than that
+    local p = halfclose_peer(pport, ("slow %s %d 'GET /big.bin HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n'")
+      :format(out, 64 * 1024 * 1024), 120)
+    local most = before
+    H.run_until(function()
+      most = math.max(most, rss_kib(pid))
+      return p.output():match("received") ~= nil
+    end, 120)
+    local got = tonumber(p.output():match("received (%d+)"))
+    local head = io.open(out, "rb"):read(200):match("^(.-\r\n\r\n)")
+    assert.equal(#head + SIZE, got)
+    assert.equal(sha256(dir .. "/big.bin"), sha256(out, #head))
+    os.remove(out)
+    if not ASAN then
+      assert.is_true(most - before < 16 * 1024, ("the proxy grew by %d KiB"):format(most - before))
+    end
+    -- a client that shuts down its sending side after the request still gets
+    -- the whole answer (the FIN goes on to the target, the answer comes back)
+    out = os.tmpname()
+    local q = halfclose_peer(pport, "request 'GET /big.bin HTTP/1.1\\r\\n\\r\\n' " .. out)
+    q.wait_line("received", 120)
+    head = io.open(out, "rb"):read(200):match("^(.-\r\n\r\n)")
+    assert.equal(#head + SIZE, tonumber(q.output():match("received (%d+)")))
+    os.remove(out)
     os.execute("rm -rf " .. dir)
   end)
 

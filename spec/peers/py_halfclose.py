@@ -13,6 +13,8 @@ usage: python3 py_halfclose.py PORT MODE [ARGS...]
                       send TEXT if given, then read to the end at about RATE
                       bytes/s into OUT (a client that reads slowly); prints
                       "received M"
+  flood TEXT SECONDS  send TEXT over and over for SECONDS without reading (as
+                      much as the server takes), print "sent N", then close
 
 Everything is bounded by a 120 s socket timeout.
 """
@@ -89,6 +91,16 @@ def main():
             s.sendall(args[2].replace("\\r", "\r").replace("\\n", "\n").encode())
         total, _ = read_all(s, args[0], float(args[1]))
         print("received", total, flush=True)
+    elif mode == "flood":
+        text = args[0].replace("\\r", "\r").replace("\\n", "\n").encode() * 64
+        s.setblocking(False)
+        sent, end = 0, time.monotonic() + float(args[1])
+        while time.monotonic() < end:
+            try:
+                sent += s.send(text)
+            except BlockingIOError:
+                time.sleep(0.01)
+        print("sent", sent, flush=True)
     else:
         sys.exit("unknown mode " + mode)
     s.close()
