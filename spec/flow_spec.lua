@@ -395,6 +395,25 @@ describe("flow control", function()
     peer:close()
   end)
 
+  it("close_when_done asked while a name is resolved still closes after the data", function()
+    local got, ended = "", false
+    local R = asyncore.dispatcher:extend()
+    function R:handle_read() got = got .. self:recv(65536) end
+    function R:handle_close() ended = true; self:close() end
+    function R:writable() return false end
+    local _, port = H.serve(function(sock) R(sock) end)
+    local C = asyncore.dispatcher_with_send:extend()
+    function C:handle_connect() end
+    local c = C()
+    c:create_socket()
+    c:connect { "localhost", port }                -- resolved from the loop
+    c:send("hello")
+    c:close_when_done()
+    H.run_until(function() return ended end, 10)
+    assert.equal("hello", got)
+    assert.is_nil(c:fileno())
+  end)
+
   it("refuses bad marks, naming them", function()
     local C = asyncore.dispatcher_with_send:extend { write_high_water = "lots" }
     local l, port = H.listener()

@@ -224,6 +224,29 @@ describe("TLS", function()
     py.kill()
   end)
 
+  it("shutdown_when_done sends the queue, then a close_notify and a FIN, and goes on reading", function()
+    local ctx = server_ctx()
+    local E = asynchat.async_chat:extend()
+    local got, closed = nil, false
+    function E:init(sock)
+      asynchat.async_chat.init(self, sock)
+      self:set_terminator("\n")
+      self:start_tls(ctx)
+      self:push(("t"):rep(1024 * 1024))          -- goes out after the handshake
+      self:shutdown_when_done()
+    end
+    function E:found_terminator() got = self:get_data() end
+    function E:handle_close() closed = true; self:close() end
+    local _, port = listener(function(sock) E(sock) end)
+    local py = H.spawn(PY .. "halfclose " .. port .. " " .. D .. "ca.pem localhost", 30)
+    local out = py_done(py)
+    H.run_until(function() return closed end, 10)
+    assert.matches("got 1048576\n", out)
+    assert.matches("OK sent after the close_notify", out)
+    assert.equal("after the close_notify", got)
+    py.kill()
+  end)
+
   it("fails a host name mismatch with the documented error and delivers nothing", function()
     local py, port = py_server("server")
     local c, ev = line_client(port, client_ctx(), { server_hostname = "wrong.test" })

@@ -68,6 +68,7 @@ static int lcore_move_output(lua_State *L)
     if (buffer_len(&from->out) > 0 && buffer_append(&to->out, buffer_begin(&from->out), buffer_len(&from->out)) != 0)
         return ac_raise_nomem(L, "connect");
     buffer_clear(&from->out);
+    to->flags |= from->flags & (SF_DS_CLOSE | SF_SHUT_REQ);   /* asked meanwhile: still to do */
     return 0;
 }
 

@@ -16,6 +16,10 @@ line each, and ends with "OK ..." or "FAIL ...".
       plaintext: reads the greeting, sends "STARTTLS\r\n" and the ClientHello
       in one segment, reads the "220" reply, completes the handshake, sends
       "ping\n" over TLS and prints the answer.
+  py_tls.py halfclose PORT CAFILE HOSTNAME
+      reads until our close_notify (a TCP end without one is a failure), prints
+      "got N", then sends "after the close_notify\n" (TLS 1.3 leaves that
+      direction open) and closes with its own close_notify.
   py_tls.py plain PORT
       sends an HTTP request in the clear to a TLS server, prints what it got.
 """
@@ -220,6 +224,26 @@ def starttls(port, cafile, host):
     say("OK")
 
 
+def halfclose(port, cafile, host):
+    ctx = client_ctx(cafile)
+    raw = socket.create_connection(("127.0.0.1", int(port)), timeout=20)
+    try:
+        conn = ctx.wrap_socket(raw, server_hostname=host, suppress_ragged_eofs=False)
+        n = 0
+        while True:
+            d = conn.recv(65536)   # b"" at a close_notify; SSLEOFError at a bare FIN
+            if not d:
+                break
+            n += len(d)
+        say("got", n)
+        conn.sendall(b"after the close_notify\n")
+        conn.unwrap()
+        raw.close()
+        say("OK sent after the close_notify")
+    except (ssl.SSLError, OSError) as e:
+        say("FAIL", type(e).__name__, e)
+
+
 def plain(port):
     s = socket.create_connection(("127.0.0.1", int(port)), timeout=20)
     s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -244,5 +268,7 @@ elif cmd == "bulk":
     bulk(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
 elif cmd == "starttls":
     starttls(sys.argv[2], sys.argv[3], sys.argv[4])
+elif cmd == "halfclose":
+    halfclose(sys.argv[2], sys.argv[3], sys.argv[4])
 elif cmd == "plain":
     plain(sys.argv[2])
