@@ -79,7 +79,7 @@ check-kqueue:
 	$(CC) $(ALL_CFLAGS) -DAC_HAVE_KQUEUE=1 -Ispec/kqueue_shim -shared -o $(KQ_DIR)/asyncore/core.so \
 	  $(SRCS) spec/kqueue_shim/kqueue_shim.c $(LDFLAGS) $(EXT_LIBS)
 	AC_CORE_DIR=$(KQ_DIR) sh spec/run.sh $(LUA) $(BUSTED) --cpath="$(KQ_DIR)/?.so" \
-	  spec/dispatcher_spec.lua spec/loop_spec.lua
+	  spec/dispatcher_spec.lua spec/loop_spec.lua spec/flow_spec.lua
 
 bench: $(SO)
 	sh bench/run.sh
