@@ -247,6 +247,44 @@ describe("TLS", function()
     py.kill()
   end)
 
+  it("holds a paused async_chat's frames and the records read ahead until resume_reading", function()
+    local ctx = server_ctx()
+    local S = asynchat.async_chat:extend { ac_in_buffer_size = 16 }   -- most of a record stays read ahead
+    local lines = {}
+    function S:init(sock)
+      asynchat.async_chat.init(self, sock)
+      self:set_terminator("\n")
+      self:start_tls(ctx)
+    end
+    function S:found_terminator()
+      local l = self:get_data()
+      lines[#lines + 1] = l
+      if l == "pause" then self:pause_reading() end
+    end
+    local srv
+    local _, port = listener(function(sock) srv = S(sock) end)
+    local C = asynchat.async_chat:extend()
+    function C:found_terminator() end
+    local c = C()
+    c:create_socket()
+    c:set_terminator("\n")
+    c:connect { "127.0.0.1", port }
+    c:start_tls(client_ctx(), { server_hostname = "localhost" })
+    local want = { "a", "pause" }
+    local text = { "a\npause\n" }
+    for i = 1, 200 do
+      want[#want + 1] = "line " .. i
+      text[#text + 1] = "line " .. i .. "\n"
+    end
+    c:push(table.concat(text))
+    H.run_until(function() return #lines == 2 end, 10)
+    H.run_for(0.2)
+    assert.same({ "a", "pause" }, lines)            -- nothing more while paused
+    srv:resume_reading()                            -- the client sends nothing more from here
+    H.run_until(function() return #lines == #want end, 10)
+    assert.same(want, lines)
+  end)
+
   it("fails a host name mismatch with the documented error and delivers nothing", function()
     local py, port = py_server("server")
     local c, ev = line_client(port, client_ctx(), { server_hostname = "wrong.test" })

@@ -467,56 +467,49 @@ static int lchat_handle_read(lua_State *L)
     int cls = chat_class(L, c);
     int stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
     uint32_t gen = s->gen;
-    int held = (s->flags & SF_HELD) != 0;
-    if (held) {                                     /* frames held while paused: first */
+    if (s->flags & SF_HELD) {
+        /* frames held while paused: they go first, and alone (the next event
+        ** reads; input a transport read ahead is listed for the next pass) */
         s->flags &= ~SF_HELD;
-        frame(L, c, s, gen, stock);
-        if (!ac_sock_same(s, gen))
+        if (s->flags & SF_TP_PENDING)
+            ac_ms_list_input(s);
+    } else {
+        lua_Integer want = chat_size(L, c, K_AC_IN_BUFFER_SIZE, cls);
+        if (want > (1 << 24))
+            want = 1 << 24;
+        if (buffer_reserve(&c->in, (size_t)want) != 0)
+            return ac_raise_nomem(L, "async_chat");
+        size_t got;
+        int err = s->tp->read(s, c->in.data + c->in.last, (size_t)want, &got);
+        if (err == EAGAIN)
             return 0;
-        if (s->flags & SF_RD_PAUSED)
-            goto framed;
-        cls = chat_class(L, c);                     /* the handlers may have changed them */
-        stock = chat_stock(L, c, K_COLLECT_INCOMING_DATA, cls);
-    }
-    lua_Integer want = chat_size(L, c, K_AC_IN_BUFFER_SIZE, cls);
-    if (want > (1 << 24))
-        want = 1 << 24;
-    if (buffer_reserve(&c->in, (size_t)want) != 0)
-        return ac_raise_nomem(L, "async_chat");
-    size_t got;
-    int err = s->tp->read(s, c->in.data + c->in.last, (size_t)want, &got);
-    if (err == EAGAIN) {
-        if (held)
-            goto framed;
-        return 0;
-    }
-    if (err == 0 && got == 0) {
-        /* end of stream: a partial frame is still the peer's data */
-        if (buffer_len(&c->in) > 0) {
-            c->scanned = 0;
-            collect(L, c, buffer_len(&c->in), stock);
-            if (!ac_sock_same(s, gen))
-                return 0;
+        if (err == 0 && got == 0) {
+            /* end of stream: a partial frame is still the peer's data */
+            if (buffer_len(&c->in) > 0) {
+                c->scanned = 0;
+                collect(L, c, buffer_len(&c->in), stock);
+                if (!ac_sock_same(s, gen))
+                    return 0;
+            }
+            ac_flow_read_end(L, 1, s, 0);
+            return 0;
         }
-        ac_flow_read_end(L, 1, s, 0);
-        return 0;
+        if (err) {
+            if (ac_is_disconnect(err))
+                return ac_flow_read_end(L, 1, s, err), 0;
+            return ac_raise(L, "recv", err);
+        }
+        c->in.last += got;
     }
-    if (err) {
-        if (ac_is_disconnect(err))
-            return ac_flow_read_end(L, 1, s, err), 0;
-        return ac_raise(L, "recv", err);
-    }
-    c->in.last += got;
     frame(L, c, s, gen, stock);
     if (!ac_sock_same(s, gen))
         return 0;
-framed:
     if (out_pending(c)) {         /* what the batch pushed: one write */
         if (queue_empty(c) && chat_stock(L, c, K_INITIATE_SEND, chat_class(L, c)) &&
             !(s->flags & (SF_CONNECTING | SF_FILE))) {
             /* all of it in the batch buffer: straight from there */
             size_t sent = 0;
-            err = s->tp->write(s, buffer_begin(&c->batch), buffer_len(&c->batch), &sent);
+            int err = s->tp->write(s, buffer_begin(&c->batch), buffer_len(&c->batch), &sent);
             if (err && err != EAGAIN) {
                 drop_output(L, c, 2);
                 s->flags &= ~SF_CHAT_PENDING;
