@@ -117,7 +117,9 @@ describe("flow control", function()
         assert.is_true(srv:reading_paused())
         -- the queue never went past the mark by more than the answer that crossed it
         assert.is_true(log.max <= HIGH + RESP, "queued up to " .. log.max)
-        assert.is_true(srv:out_buffer_size() > HIGH)
+        -- still paused: the queue has not fallen to the low mark (the kernel may
+        -- have taken some of it since the pause)
+        assert.is_true(srv:out_buffer_size() > LOW)
         assert.is_true(log.answered < N, "everything was answered: the server never paused")
         local answered_while_paused = log.answered
         H.run_for(0.2, { backend = backend })
