@@ -104,12 +104,13 @@ describe("flow control", function()
         local reqs = REQ:rep(N)
         local sent = 0
         -- the peer writes its requests and reads nothing, until nothing moves
-        -- for 0.3 s: then the server is paused with its queue at the mark
-        local last, still_since = -1, H.now()
+        -- for 0.3 s and 20 passes: then the server is paused with its queue at the mark
+        local last, still_since, still_passes = -1, H.now(), 0
         H.run_until(function()
           if sent < #reqs then sent = sent + peer:send(reqs:sub(sent + 1)) end
-          if log.answered ~= last then last, still_since = log.answered, H.now() end
-          return H.now() - still_since > 0.3
+          if log.answered ~= last then last, still_since, still_passes = log.answered, H.now(), 0 end
+          still_passes = still_passes + 1
+          return H.now() - still_since > 0.3 and still_passes > 20
         end, 30, { backend = backend })
         for i, e in ipairs(seq) do assert.equal(i % 2 == 1 and "pause" or "resume", e) end
         assert.equal("pause", seq[#seq])
