@@ -834,4 +834,7 @@ end
 
 M.file_dispatcher = file_dispatcher
 
+-- tasks: spawn, sleep, join, cancel (lua/asyncore/tasks.lua)
+require("asyncore.tasks")(M, core)
+
 return M

@@ -26,7 +26,9 @@ enum { UV_MAPS = 1,   /* weak table: map -> map state (lreg.c) */
        UV_WRAPMT,     /* metatable of a callback error wrapped with its traceback */
        UV_MSGH,       /* the callbacks' message handler (ac_push_msgh) */
        UV_ACCEPTED,   /* the socket the last accept() returned, while handle_accept runs */
-       UV_COUNT = UV_ACCEPTED };
+       UV_TASKS,      /* the live tasks: task -> true (ltask.c) */
+       UV_READY,      /* the tasks to resume at the next pass, in order (ltask.c) */
+       UV_COUNT = UV_READY };
 
 typedef struct ac_state {
     char *rbuf;             /* the reused receive buffer */
@@ -39,6 +41,8 @@ typedef struct ac_state {
     uint32_t class_version; /* bumped by class.lua whenever a class changes */
     uint32_t pred_version;  /* bumped when a class's readable, writable or
                                handle_read/write_event changes */
+    int ntasks, nready;     /* live tasks, tasks in the ready list (ltask.c) */
+    int loop_depth;         /* loop() calls under way (lloop.c) */
 } ac_state;
 
 #define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))

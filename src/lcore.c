@@ -4,6 +4,7 @@
 ** (upvalue 2), then lets each l*.c file add its functions.
 */
 #include "config.h"
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "lbind.h"
@@ -15,6 +16,7 @@
 #include "lflow.h"
 #include "lmode.h"
 #include "ltimer.h"
+#include "ltask.h"
 #include "lchan.h"
 #include "lchat.h"
 #include "ltls.h"
@@ -82,6 +84,7 @@ static const luaL_Reg core_funcs[] = {
     {"discard_urgent", lsocket_discard_urgent},
     {"realpath", lsocket_realpath},
     {"is_error", lerror_is_error},
+    {"new_error", lerror_new},
     {NULL, NULL}
 };
 
@@ -128,6 +131,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_flow_open(L, st, mt);
     ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);
+    ac_task_open(L, st, mt);
     ac_chan_open(L, st, mt);
     ac_chat_open(L, st, mt);
     ac_tls_open(L, st, mt);
@@ -138,6 +142,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     lua_setfield(L, -2, "_socket_mt");
 #define K(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
     K(AF_INET); K(AF_INET6); K(AF_UNIX); K(SOCK_STREAM); K(SOCK_DGRAM);
+    K(ECANCELED); K(ETIMEDOUT); K(EBUSY); K(EMSGSIZE);
 #undef K
     return 1;
 }

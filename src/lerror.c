@@ -134,6 +134,15 @@ int lerror_is_error(lua_State *L)
     return 1;
 }
 
+/* core.new_error(errno, op [, message]): an error table, as the core raises them */
+int lerror_new(lua_State *L)
+{
+    int err = (int)luaL_checkinteger(L, 1);
+    const char *op = luaL_checkstring(L, 2);
+    const char *msg = luaL_optstring(L, 3, NULL);
+    return ac_pusherror(L, op, err, msg);
+}
+
 static int lerror_tostring(lua_State *L)
 {
     if (lua_getfield(L, 1, "address") == LUA_TSTRING) {

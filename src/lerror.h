@@ -11,6 +11,7 @@
 /* push an error object: err > 0 an errno, < 0 a getaddrinfo code; `message`
 ** (or NULL: the system's text) */
 int ac_pusherror(lua_State *L, const char *op, int err, const char *message);
+int lerror_new(lua_State *L);
 int ac_raise(lua_State *L, const char *op, int err);
 /* the same, naming the address (field `address`; "bind 127.0.0.1:80: ...") */
 int ac_raise_at(lua_State *L, const char *op, int err, const char *address);

@@ -28,6 +28,7 @@
 #include "lchan.h"
 #include "lchat.h"
 #include "lresolve.h"
+#include "ltask.h"
 
 /* stack slots of core.loop */
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
@@ -399,8 +400,8 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     }
 
     wait_us = ac_timers_wait_us(S, now, wait_us);
-    if (ms->npend > 0)
-        wait_us = 0;   /* a transport holds input: look, but do not sleep */
+    if (ms->npend > 0 || S->nready > 0)
+        wait_us = 0;   /* input held, or tasks to run: look, but do not sleep */
 
     int max = ms->nsocks + 1;
     struct ac_fired *fired = pass_scratch(L, max);
@@ -437,6 +438,8 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
 
     if (S->ntimers > 0 && ac_timers_run(L, S, L_MSGH))
         return 1;
+    if (S->nready > 0 && ac_tasks_run(L, L_MSGH))
+        return 1;
     return 0;
 }
 
@@ -456,7 +459,7 @@ static int map_empty(lua_State *L)
 ** bounds each wait (nil or negative: no bound). With count = 1 and
 ** `once` semantics (poll/poll2), a pass runs even with an empty map.
 */
-static int lloop_loop(lua_State *L)
+static int loop_body(lua_State *L)
 {
     ac_state *S = STATE(L);
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -475,19 +478,39 @@ static int lloop_loop(lua_State *L)
     lua_pushcclosure(L, loop_predicates, AC_NUP);           /* L_PREDS */
     lua_newuserdatauv(L, 64 * sizeof(struct ac_fired), 0);  /* L_SCRATCH */
     if (once) {
-        if (!map_empty(L) || S->ntimers > 0)
+        if (!map_empty(L) || S->ntimers > 0 || S->ntasks > 0)
             if (loop_pass(L, S, ms, timeout))
                 return lua_error(L);
         return 0;
     }
     while (count != 0) {
-        if (S->ntimers == 0 && !ac_resolve_busy() && map_empty(L))
+        if (S->ntimers == 0 && S->ntasks == 0 && !ac_resolve_busy() && map_empty(L))
             break;
         if (loop_pass(L, S, ms, timeout))
             return lua_error(L);
         if (count > 0)
             count--;
     }
+    return 0;
+}
+
+/*
+** core.loop(...): loop_body, counted in S->loop_depth while it runs (the
+** blocking-looking task calls ask it: inside a loop they must not run one of
+** their own). Whatever ends it, the count comes down; errors pass unchanged.
+*/
+static int lloop_loop(lua_State *L)
+{
+    ac_state *S = STATE(L);
+    int n = lua_gettop(L);
+    ac_copyupvalues(L);
+    lua_pushcclosure(L, loop_body, AC_NUP);
+    lua_insert(L, 1);
+    S->loop_depth++;
+    int st = lua_pcall(L, n, 0, 0);
+    S->loop_depth--;
+    if (st != LUA_OK)
+        return lua_error(L);
     return 0;
 }
 
