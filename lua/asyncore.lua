@@ -669,15 +669,15 @@ function dispatcher:start_tls(ctx, opts)
       if k ~= "server_hostname" then argerror(2, "start_tls", "unknown option '" .. tostring(k) .. "'") end
     end
   end
+  local nc = rawget(self, "_name_connect")
+  if nc then   -- the name is being resolved: TLS starts on the socket that connects
+    nc.tls = { ctx, host }
+    return
+  end
   sockof(self, "start_tls")
   if not self.connected and not self.connecting and not self.accepting then
     -- not connected yet: TLS starts when connect() is called
     rawset(self, "_tls_later", { ctx, opts })
-    return
-  end
-  local nc = rawget(self, "_name_connect")
-  if nc then   -- the name is being resolved: TLS starts on the socket that connects
-    nc.tls = { ctx, host }
     return
   end
   start_tls_now(self, ctx, host or rawget(self, "_connect_host"))
@@ -835,6 +835,12 @@ end
 M.file_dispatcher = file_dispatcher
 
 -- tasks: spawn, sleep, join, cancel (lua/asyncore/tasks.lua)
-require("asyncore.tasks")(M, core)
+core._tasks = require("asyncore.tasks")(M, core)
+
+-- streams (lua/asyncore/streams.lua, loaded on first use: it builds on asynchat)
+--- open_stream(host, port [, opts]): connects; a stream, or nil and an error.
+function M.open_stream(...) return require("asyncore.streams").open_stream(...) end
+--- serve(host, port, handler [, opts]): handler(stream, addr) as a task per connection.
+function M.serve(...) return require("asyncore.streams").serve(...) end
 
 return M

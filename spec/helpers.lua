@@ -111,6 +111,18 @@ function H.serve(on_accept)
   return s, s.socket:getsockname()[2]
 end
 
+--- An echo server of dispatchers (dispatcher_with_send) on a free loopback
+-- port: returns the port.
+function H.echo_server()
+  local Echo = asyncore.dispatcher_with_send:extend()
+  function Echo:handle_read()
+    local d = self:recv(65536)
+    if #d > 0 then self:send(d) end
+  end
+  local _, port = H.serve(function(sock) Echo(sock) end)
+  return port
+end
+
 --- Read the raw non-blocking socket `peer` until the end of stream, driving
 -- the loop meanwhile; returns everything it read.
 function H.read_to_eof(peer, seconds)

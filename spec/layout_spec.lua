@@ -2,7 +2,7 @@
 -- includes only the headers of files below it in this order (src/README.md),
 -- and the plain-C floor includes no binding header and no Lua header.
 local ORDER = { "lbind", "lerror", "ltransport", "lsocket", "lreg", "ltimeout", "lresolve", "lflow", "lmode", "ltimer", "ltask", "lchan",
-  "lchat", "ltls", "lloop", "lcore" }
+  "lchat", "lstream", "ltls", "lloop", "lcore" }
 local FLOOR = { "sock", "buffer", "timerheap", "clock", "errnames", "poller", "poller_select",
   "poller_poll", "poller_epoll", "poller_kqueue", "ac", "config" }
 

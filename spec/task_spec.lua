@@ -128,12 +128,7 @@ describe("tasks", function()
   end)
 
   it("mix with dispatchers: a task waits while a server answers from its handlers", function()
-    local Echo = asyncore.dispatcher_with_send:extend()
-    function Echo:handle_read()
-      local d = self:recv(100)
-      if #d > 0 then self:send(d) end
-    end
-    local _, port = H.serve(function(sock) Echo(sock) end)
+    local port = H.echo_server()
     local got
     local t = asyncore.spawn(function()
       local s = asyncore.socket()

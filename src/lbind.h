@@ -64,7 +64,7 @@ typedef struct ac_state {
     X(HANDLE_HANDSHAKE, "handle_handshake") X(ALLOW_HALF_OPEN, "allow_half_open") \
     X(HANDLE_READ_EOF, "handle_read_eof") X(HANDLE_PAUSE_WRITING, "handle_pause_writing") \
     X(HANDLE_RESUME_WRITING, "handle_resume_writing") X(WRITE_HIGH_WATER, "write_high_water") \
-    X(WRITE_LOW_WATER, "write_low_water")
+    X(WRITE_LOW_WATER, "write_low_water") X(READER, "_reader")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,

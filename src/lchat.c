@@ -31,6 +31,7 @@
 #include "lerror.h"
 #include "lflow.h"
 #include "lmode.h"
+#include "ltask.h"
 
 #define CHAT_MT "asyncore.chat"
 #define AC_CHAT_MAGIC UINT64_C(0x6c75612d61632d63)   /* "lua-ac-c": see AC_SOCK_MAGIC */
@@ -61,6 +62,7 @@ struct ac_chat {
     int cls_collect_stock, cls_initiate_stock;
     unsigned char finalized; /* its __gc ran and freed the buffers */
     unsigned char framing;   /* handle_read is delivering frames: pushes wait for its end */
+    unsigned char stream;    /* a task stream (lstream.c): input is kept in `in`, not framed */
 };
 typedef struct ac_chat ac_chat;
 
@@ -442,6 +444,23 @@ static size_t prefix_at_end(const ac_chat *c)
 
 static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stock);
 
+#define STREAM_IN_MAX ((size_t)1 << 20)   /* a stream reads no more while it holds this much */
+
+/* a stream's input grew: wake the task reading it; hold off reading while
+** much is kept and nobody reads (stack: 1 the channel) */
+static void stream_input(lua_State *L, ac_chat *c, ac_socket *s)
+{
+    ac_pushkey(L, K_READER);
+    int waiting = lua_rawget(L, 1) == LUA_TTABLE;
+    if (waiting)
+        ac_task_wake(L, lua_gettop(L));
+    lua_pop(L, 1);
+    if (!waiting && buffer_len(&c->in) >= STREAM_IN_MAX && !(s->flags & SF_RD_PAUSED)) {
+        s->flags |= SF_RD_PAUSED;
+        ac_update_interest(L, 1, s);
+    }
+}
+
 /*
 ** async_chat:handle_read(): read up to ac_in_buffer_size bytes into `in`,
 ** then frame: call collect_incoming_data / found_terminator as Python's
@@ -485,7 +504,7 @@ static int lchat_handle_read(lua_State *L)
             return 0;
         if (err == 0 && got == 0) {
             /* end of stream: a partial frame is still the peer's data */
-            if (buffer_len(&c->in) > 0) {
+            if (buffer_len(&c->in) > 0 && !c->stream) {
                 c->scanned = 0;
                 collect(L, c, buffer_len(&c->in), stock);
                 if (!ac_sock_same(s, gen))
@@ -500,6 +519,8 @@ static int lchat_handle_read(lua_State *L)
             return ac_raise(L, "recv", err);
         }
         c->in.last += got;
+        if (c->stream)
+            return stream_input(L, c, s), 0;
     }
     frame(L, c, s, gen, stock);
     if (!ac_sock_same(s, gen))
@@ -1009,6 +1030,35 @@ static int initiate_send(lua_State *L, ac_chat *c)
     return 0;
 }
 
+ac_buffer *ac_chat_stream_input(lua_State *L, int chan, size_t **scanned)
+{
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);
+    ac_chat *c = tochat(L, -1);
+    lua_pop(L, 1);                 /* the channel keeps it */
+    if (c == NULL || c->finalized || !c->stream)
+        return NULL;
+    *scanned = &c->scanned;
+    return &c->in;
+}
+
+void ac_chat_stream_consumed(lua_State *L, int chan, ac_buffer *in)
+{
+    ac_socket *s = ac_chansock(L, chan);
+    if (s != NULL && !sock_isclosed(s) && (s->flags & SF_RD_PAUSED) && buffer_len(in) < STREAM_IN_MAX / 2) {
+        s->flags &= ~SF_RD_PAUSED;
+        ac_update_interest(L, chan, s);
+    }
+}
+
+/* core.stream_mode(self): the channel's input is kept for its tasks, not framed */
+static int lchat_stream_mode(lua_State *L)
+{
+    ac_chat *c = checkchat(L, 1, "stream");
+    c->stream = 1;
+    return 0;
+}
+
 /*
 ** start_tls on the channel at chan: output queued so far (the batch, then the
 ** queue's strings, then what its producers still produce) is appended to
@@ -1134,4 +1184,7 @@ void ac_chat_open(lua_State *L, int st, int mt)
     lua_setfield(L, -2, "chat");
     lua_pushcfunction(L, lchat_new);
     lua_setfield(L, -2, "chat_new");
+    ac_pushupvalues(L, st, mt);
+    lua_pushcclosure(L, lchat_stream_mode, AC_NUP);
+    lua_setfield(L, -2, "stream_mode");
 }

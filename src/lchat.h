@@ -15,6 +15,13 @@ void ac_chat_meta(lua_State *L, int st);
 ** stock writable and the attach hook (lmode.h) */
 void ac_chat_open(lua_State *L, int st, int mt);
 
+/* a task stream's input (lstream.c): the `in` buffer of the channel at chan
+** and the count of its bytes known not to hold a separator, or NULL when it
+** is not a stream */
+ac_buffer *ac_chat_stream_input(lua_State *L, int chan, size_t **scanned);
+/* after a stream's input was consumed: reading again if it was held off */
+void ac_chat_stream_consumed(lua_State *L, int chan, ac_buffer *in);
+
 /* start_tls (ltls.c): queued output to `clear`, unframed input to `prefix` */
 void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefix);
 

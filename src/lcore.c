@@ -19,6 +19,7 @@
 #include "ltask.h"
 #include "lchan.h"
 #include "lchat.h"
+#include "lstream.h"
 #include "ltls.h"
 #include "lloop.h"
 
@@ -134,6 +135,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_task_open(L, st, mt);
     ac_chan_open(L, st, mt);
     ac_chat_open(L, st, mt);
+    ac_stream_open(L, st, mt);
     ac_tls_open(L, st, mt);
     ac_loop_open(L, st, mt);
     lua_pushliteral(L, AC_VERSION);
@@ -142,7 +144,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     lua_setfield(L, -2, "_socket_mt");
 #define K(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
     K(AF_INET); K(AF_INET6); K(AF_UNIX); K(SOCK_STREAM); K(SOCK_DGRAM);
-    K(ECANCELED); K(ETIMEDOUT); K(EBUSY); K(EMSGSIZE);
+    K(ECANCELED); K(ETIMEDOUT); K(EBUSY); K(EMSGSIZE); K(ECONNRESET); K(EPIPE); K(EIO);
 #undef K
     return 1;
 }

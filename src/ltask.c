@@ -77,6 +77,11 @@ static void make_ready(lua_State *L, int t)
     lua_pop(L, 1);
 }
 
+void ac_task_wake(lua_State *L, int t)
+{
+    make_ready(L, t);
+}
+
 /* the task at t ended with `status`: leave the live set, wake its joiners */
 static void finish(lua_State *L, int t, const char *status)
 {

@@ -18,6 +18,8 @@ int ac_tasks_ready(lua_State *L);
 ** message handler's stack index. Returns 1 with the value to re-raise on
 ** top when the loop must end (ExitNow, Ctrl-C in a task), else 0. */
 int ac_tasks_run(lua_State *L, int msgh);
+/* wake the task at t: it goes on the ready list (once) */
+void ac_task_wake(lua_State *L, int t);
 /* core.task_start, task_ready, task_cancel_unstarted, task_token */
 void ac_task_open(lua_State *L, int st, int mt);
 

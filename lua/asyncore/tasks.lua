@@ -53,29 +53,20 @@ return function(M, core)
     return "top"
   end
 
-  --- Suspend the current task until it is woken; `undo()` (if given) runs
-  -- when it was cancelled instead, and the call raises ECANCELED.
+  --- Suspend the current task until something wakes it (callers check
+  -- again what they wait for); when it was cancelled instead, `undo()` (if
+  -- given) runs and the call raises ECANCELED.
   local function suspend(t, undo)
     t.status = "waiting"
-    while true do
-      yield(TOKEN)
-      if t._cancel then
-        t._cancel = nil
-        if undo then undo() end
-        error(new_error(ECANCELED, "cancelled"), 0)
-      end
-      if t._woken then
-        t._woken = nil
-        return
-      end
-      t.status = "waiting"        -- woken for nothing of ours: wait on
+    yield(TOKEN)
+    if t._cancel then
+      t._cancel = nil
+      if undo then undo() end
+      error(new_error(ECANCELED, "cancelled"), 0)
     end
   end
 
-  local function wake(t)
-    t._woken = true
-    task_ready(t)
-  end
+  local wake = task_ready
 
   -- the top level: run the loop until pred() or the deadline (seconds, or nil)
   local function run_until(pred, deadline)
@@ -113,8 +104,10 @@ return function(M, core)
       run_until(function() return M.now() >= deadline end, deadline)
       return
     end
-    local timer = M.call_later(seconds, wake, t)
-    suspend(t, function() timer:cancel() end)
+    local fired = false
+    local timer = M.call_later(seconds, function() fired = true; wake(t) end)
+    local function undo() timer:cancel() end
+    repeat suspend(t, undo) until fired
   end
 
   local function outcome(t)
@@ -201,5 +194,6 @@ return function(M, core)
       traceback or ""))
   end
 
-  return Task
+  -- for the streams (lua/asyncore/streams.lua)
+  return { mode = mode, suspend = suspend, wake = wake, run_until = run_until, Task = Task }
 end

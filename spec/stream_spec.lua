@@ -1,0 +1,318 @@
+-- Streams: open_stream, serve and the stream methods, driven by tasks.
+local asyncore = require "asyncore"
+local asynchat = require "asynchat"
+local H = require "helpers"
+
+local PY = "python3 spec/peers/py_pieces.py "
+
+-- a py_pieces.py peer sending these pieces: the process and its port
+local function pieces(...)
+  local args = {}
+  for i, a in ipairs { ... } do args[i] = "'" .. a .. "'" end
+  local p = H.spawn(PY .. table.concat(args, " "), 30)
+  return p, tonumber(p.wait_line("port (%d+)"))
+end
+
+-- run fn as a task and wait (bounded) for its results
+local function run(fn, seconds)
+  local t = asyncore.spawn(fn)
+  H.run_until(function() return t.status ~= "running" and t.status ~= "waiting" end, seconds or 10)
+  local r = table.pack(t:join())
+  assert(r[1], tostring(r[2]))
+  return table.unpack(r, 2, r.n)
+end
+
+describe("streams", function()
+  after_each(H.cleanup)
+
+  it("read formats as file:read, across small delayed segments", function()
+    local p, port = pieces("one\\r\\ntw", "o\\nthree\\rst", "ill\\nab", "cdefg", "hij\\n", "tail\\r\\n", "A", "B", "C")
+    local got = run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      local r = {}
+      r[#r + 1] = s:read()            -- "one": \r\n ends a line
+      r[#r + 1] = s:read("l")         -- "two"
+      r[#r + 1] = s:read("L")         -- "three\rstill\n": a lone \r does not end a line
+      r[#r + 1] = s:read(3)           -- "abc"
+      r[#r + 1] = s:read_until("g")   -- "def"
+      r[#r + 1] = s:read_some()       -- what is there: "hij\n" or part of it
+      r[#r + 1] = s:read_until("\r\n")
+      r[#r + 1] = s:read(10)          -- fewer at the end: "ABC"
+      r[#r + 1] = tostring(s:read())  -- nil at the end
+      r[#r + 1] = s:read("a")         -- "" at the end
+      s:write("thanks")
+      s:close()
+      return r
+    end)
+    assert.equal("one", got[1])
+    assert.equal("two", got[2])
+    assert.equal("three\rstill\n", got[3])
+    assert.equal("abc", got[4])
+    assert.equal("def", got[5])
+    assert.matches("^hi?j?\n?$", got[6])
+    assert.equal("tail", got[7]:gsub("^j?\n?", ""))
+    assert.equal("ABC", got[8])
+    assert.equal("nil", got[9])
+    assert.equal("", got[10])
+    p.wait_line("got 6 bytes")
+    p.kill()
+  end)
+
+  it("read_until gives EMSGSIZE past max; read('a') gets everything at the end", function()
+    local p, port = pieces("0123456789", "abc|rest", "more")
+    local r1, e1, r2, r3 = run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      local a, e = s:read_until("|", 5)
+      local b = s:read_until("|")
+      local c = s:read("a")
+      s:close()
+      return a, e, b, c
+    end)
+    assert.is_nil(r1)
+    assert.is_true(asyncore.is_error(e1, "EMSGSIZE"))
+    assert.equal("0123456789abc", r2)
+    assert.equal("restmore", r3)
+    p.kill()
+  end)
+
+  it("serve runs a task per connection: 20 concurrent clients", function()
+    local srv = asyncore.serve("127.0.0.1", 0, function(s, addr)
+      assert(type(addr) == "table")
+      while true do
+        local line = s:read()
+        if not line then break end
+        s:write(line:upper(), "\n")
+      end
+    end)
+    local tasks = {}
+    for i = 1, 20 do
+      tasks[i] = asyncore.spawn(function()
+        local c = assert(asyncore.open_stream("127.0.0.1", srv.port))
+        local out = {}
+        for j = 1, 5 do
+          c:write(("client %d line %d\n"):format(i, j))
+          asyncore.sleep(0.001 * (i % 3))
+          out[j] = c:read()
+        end
+        c:close()
+        return table.concat(out, ",")
+      end)
+    end
+    H.run_until(function()
+      for _, t in ipairs(tasks) do if t.status ~= "done" and t.status ~= "failed" then return false end end
+      return true
+    end, 20)
+    for i, t in ipairs(tasks) do
+      local ok, out = t:join()
+      assert.is_true(ok, tostring(out))
+      assert.equal(("CLIENT %d LINE 1,CLIENT %d LINE 2,CLIENT %d LINE 3,CLIENT %d LINE 4,CLIENT %d LINE 5")
+        :format(i, i, i, i, i), out)
+    end
+    srv:close()
+  end)
+
+  it("a writer suspends while a slow reader's queue is high: memory bounded, everything intact", function()
+    local p = H.spawn(PY .. "--slow 33554432", 60)
+    local port = tonumber(p.wait_line("port (%d+)"))
+    local data = H.blob(16 * 1024 * 1024, 4)
+    local most = 0
+    run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      for i = 1, #data, 65536 do
+        assert(s:write(data:sub(i, i + 65535)))
+        most = math.max(most, s:out_buffer_size())
+      end
+      assert(s:flush())
+      assert.equal(0, s:out_buffer_size())
+      s:close()
+    end, 60)
+    assert.is_true(most <= 1024 * 1024 + 65536, "queued up to " .. most)
+    p.wait_line("got (%d+) bytes", 60)
+    local path = os.tmpname()
+    local f = io.open(path, "wb")
+    f:write(data)
+    f:close()
+    local want = H.capture("sha256sum " .. path):match("^(%x+)")
+    os.remove(path)
+    assert.matches("got 16777216 bytes " .. want, p.output())
+    p.kill()
+  end)
+
+  it("settimeout: a read times out with ETIMEDOUT, and the stream stays usable", function()
+    local p, port = pieces("late\\n")
+    local e, line = run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      s:settimeout(0.005)
+      local r, err = s:read()
+      if r then return "no timeout", r end          -- the line came within 5 ms: rare
+      s:settimeout(nil)
+      local l = s:read()
+      s:close()
+      return err, l
+    end)
+    if e ~= "no timeout" then
+      assert.is_true(asyncore.is_error(e, "ETIMEDOUT"))
+    end
+    assert.equal("late", line)
+    p.kill()
+  end)
+
+  it("one reader at a time (EBUSY); cancelling a reader gives ECANCELED and closes its <close> stream", function()
+    local l, port = H.listener()                  -- connects, never sends, never ends
+    local s
+    local first = asyncore.spawn(function()
+      local st <close> = assert(asyncore.open_stream("127.0.0.1", port))
+      s = st
+      return st:read()
+    end)
+    H.run_until(function() return s ~= nil and first.status == "waiting" end)
+    local r, e = run(function() return s:read() end)
+    assert.is_nil(r)
+    assert.is_true(asyncore.is_error(e, "EBUSY"))
+    first:cancel()
+    H.run_until(function() return first.status == "cancelled" end)
+    assert.is_nil(s:fileno())
+    l:close()
+  end)
+
+  it("open_stream reports a refused connect and a connect timeout as nil, err", function()
+    local l, port = H.listener()
+    l:close()
+    local r, e = run(function() return asyncore.open_stream("127.0.0.1", port) end)
+    assert.is_nil(r)
+    assert.is_true(asyncore.is_error(e, "ECONNREFUSED"))
+    local hp = H.hanging_port()
+    r, e = run(function() return asyncore.open_stream("127.0.0.1", hp, { timeout = 0.2 }) end)
+    assert.is_nil(r)
+    assert.is_true(asyncore.is_error(e, "ETIMEDOUT"))
+  end)
+
+  it("speak TLS: serve with a server context, open_stream with a client context, start_tls on a live stream", function()
+    local D = H.tls_certs()
+    local sctx = asyncore.tls_context { mode = "server", certfile = D .. "server.pem", keyfile = D .. "server.key" }
+    local cctx = asyncore.tls_context { cafile = D .. "ca.pem" }
+    local srv = asyncore.serve("127.0.0.1", 0, function(st)
+      st:write("hello ", st:tls_info().version, "\n")
+      local l = st:read()
+      st:write("echo ", l, "\n")
+    end, { tls = sctx })
+    local plain = asyncore.serve("127.0.0.1", 0, function(st)
+      st:write("220 ready\n")
+      assert.equal("STARTTLS", st:read())
+      st:write("220 go ahead\n")
+      assert(st:start_tls(sctx))
+      st:write("secret ", tostring(st:read()), "\n")
+    end)
+    local a, b, c, info = run(function()
+      local t = assert(asyncore.open_stream("localhost", srv.port, { tls = cctx }))
+      local hello = t:read()
+      t:write("ping\n")
+      local echo = t:read()
+      t:close()
+      local u = assert(asyncore.open_stream("127.0.0.1", plain.port))
+      assert.equal("220 ready", u:read())
+      u:write("STARTTLS\n")
+      assert.equal("220 go ahead", u:read())
+      assert(u:start_tls(cctx, { server_hostname = "localhost" }))
+      u:write("word\n")
+      local secret = u:read()
+      local i = u:tls_info()
+      u:close()
+      return hello, echo, secret, i
+    end, 20)
+    assert.matches("^hello TLSv1%.[23]$", a)
+    assert.equal("echo ping", b)
+    assert.equal("secret word", c)
+    assert.is_true(info.verified)
+    srv:close()
+    plain:close()
+  end)
+
+  it("a task client and a dispatcher server in one program; peer and local names; the socket", function()
+    local port = H.echo_server()
+    local back, peer, mine, sock = run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      s:write("two styles\n")
+      local r = s:read()
+      local p, m = s:getpeername(), s:getsockname()
+      local so = s.socket
+      s:close()
+      return r, p, m, so
+    end)
+    assert.equal("two styles", back)
+    assert.same({ "127.0.0.1", port }, peer)
+    assert.equal("127.0.0.1", mine[1])
+    assert.equal("asyncore.socket (closed)", tostring(sock))
+  end)
+
+  it("check their arguments, and refuse to wait inside a handler", function()
+    assert.has_error(function() asyncore.open_stream(nil, 1) end,
+      "bad argument #1 to 'open_stream' (host name or address expected)")
+    assert.has_error(function() asyncore.open_stream("x", "80") end,
+      "bad argument #2 to 'open_stream' (port: an integer 0-65535 expected, got 80)")
+    assert.has_error(function() asyncore.open_stream("x", 80, { bogus = 1 }) end,
+      "bad argument #3 to 'open_stream' (unknown option 'bogus')")
+    assert.has_error(function() asyncore.serve("127.0.0.1", 0, "f") end,
+      "bad argument #3 to 'serve' (function expected, got string)")
+    local err
+    asyncore.call_later(0, function() err = select(2, pcall(asyncore.open_stream, "127.0.0.1", 9)) end)
+    H.run_until(function() return err ~= nil end)
+    assert.matches("open_stream: called inside the loop.*asyncore%.spawn", err)
+    local p, port = pieces("x\n")
+    local r = { run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      local ok1, e1 = pcall(s.read, s, "n")
+      local ok2, e2 = pcall(s.write, s, {})
+      local ok3, e3 = pcall(s.read_some, s, 0)
+      s:close()
+      return ok1, e1, ok2, e2, ok3, e3
+    end) }
+    assert.is_false(r[1])
+    assert.matches("bad argument #1 to 'read'", r[2])
+    assert.is_false(r[3])
+    assert.matches("bad argument #1 to 'write' %(string expected, got table%)", r[4])
+    assert.is_false(r[5])
+    assert.matches("bad argument #1 to 'read_some'", r[6])
+    p.kill()
+  end)
+
+  it("at the top level of a script, open_stream and the stream calls run the loop themselves", function()
+    local p, port = pieces("220 hello from the peer\r\n")
+    local path = os.tmpname()
+    local f = io.open(path, "w")
+    f:write(([[
+local asyncore = require "asyncore"
+local s = assert(asyncore.open_stream("127.0.0.1", %d))
+print(s:read())
+s:write("bye\n")
+s:close()
+]]):format(port))
+    f:close()
+    local out = H.capture(("timeout 20 %s %s"):format(H.LUA, path))
+    os.remove(path)
+    assert.equal("220 hello from the peer\n", out)
+    p.wait_line("got 4 bytes")
+    p.kill()
+  end)
+
+  it("shutdown half-closes and reading goes on; close still sends what is queued", function()
+    local srv = asyncore.serve("127.0.0.1", 0, function(s)
+      local all = s:read("a")                 -- to the client's shutdown
+      s:write(("got %d\n"):format(#all))
+      s:write(("x"):rep(3 * 1024 * 1024))
+      s:close()                               -- what is queued is still sent
+    end)
+    local head, n = run(function()
+      local c = assert(asyncore.open_stream("127.0.0.1", srv.port))
+      c:write(("y"):rep(100000))
+      assert(c:shutdown())
+      local line = c:read()
+      local rest = c:read("a")
+      c:close()
+      return line, #rest
+    end, 20)
+    assert.equal("got 100000", head)
+    assert.equal(3 * 1024 * 1024, n)
+    srv:close()
+  end)
+end)

@@ -1,0 +1,142 @@
+/*
+** lstream.c: the reads of task streams, scanned in C (see lstream.h).
+**
+** A stream is an async_chat channel in stream mode: its handle_read keeps
+** what it reads in the chat's `in` buffer and wakes the task that waits to
+** read (lchat.c). core.stream_take cuts what a read format asks for out of
+** that buffer, or says why it cannot yet: the Lua side (lua/asyncore/
+** streams.lua) then waits and asks again. No Lua string is built until a
+** read is complete; a separator search resumes where the last one stopped.
+*/
+#include "config.h"
+#include <string.h>
+#include "lstream.h"
+#include "lchat.h"
+
+/* push the first n bytes of in as the result, consume them (and `skip`
+** bytes more: a separator) */
+static int give(lua_State *L, ac_buffer *in, size_t *scanned, size_t n, size_t skip)
+{
+    lua_pushlstring(L, buffer_begin(in), n);
+    buffer_consume(in, n + skip);
+    *scanned = 0;
+    ac_chat_stream_consumed(L, 1, in);
+    return 1;
+}
+
+static int need(lua_State *L, const char *why)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+}
+
+/* where sep starts in `in` from *scanned on, or (size_t)-1 (then *scanned
+** says how much is known not to hold its start) */
+static size_t find(ac_buffer *in, size_t *scanned, const char *sep, size_t seplen)
+{
+    size_t idx = buffer_find(in, *scanned, sep, seplen);
+    if (idx == (size_t)-1) {
+        size_t len = buffer_len(in);
+        *scanned = len >= seplen ? len - seplen + 1 : 0;
+    }
+    return idx;
+}
+
+/*
+** core.stream_take(self, kind [, arg [, max]]): kind "n" (arg bytes; fewer
+** only at the end), "l" / "L" (a line without / with its end: "\n" or
+** "\r\n"), "a" (everything, at the end), "some" (what there is, at most
+** arg), "until" (up to the separator arg, at most max bytes before it).
+** Returns the string; or nil, "more" (wait and ask again); nil, "eof"
+** (nothing left); false, "EMSGSIZE" (max passed without the separator).
+*/
+static int lstream_take(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *kind = luaL_checkstring(L, 2);
+    size_t *scanned;
+    ac_buffer *in = ac_chat_stream_input(L, 1, &scanned);
+    if (in == NULL)
+        return luaL_error(L, "read: not a stream");
+    ac_socket *s = ac_chansock(L, 1);
+    int eof = s == NULL || sock_isclosed(s) || (s->flags & SF_RD_EOF);
+    size_t len = buffer_len(in);
+    switch (kind[0]) {
+    case 'n': {
+        lua_Integer n = luaL_checkinteger(L, 3);
+        if (n <= 0) {
+            lua_pushliteral(L, "");
+            return 1;
+        }
+        if (len >= (size_t)n)
+            return give(L, in, scanned, (size_t)n, 0);
+        if (eof)
+            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
+        return need(L, "more");
+    }
+    case 'l':
+    case 'L': {
+        size_t idx = find(in, scanned, "\n", 1);
+        if (idx != (size_t)-1) {
+            if (kind[0] == 'L')
+                return give(L, in, scanned, idx + 1, 0);
+            size_t cut = idx > 0 && buffer_begin(in)[idx - 1] == '\r' ? idx - 1 : idx;
+            return give(L, in, scanned, cut, idx + 1 - cut);
+        }
+        if (eof)
+            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
+        return need(L, "more");
+    }
+    case 'a':
+        if (eof)
+            return give(L, in, scanned, len, 0);
+        return need(L, "more");
+    case 's': {
+        lua_Integer max = luaL_optinteger(L, 3, 65536);
+        luaL_argcheck(L, max > 0, 3, "a positive size expected");
+        if (len > 0)
+            return give(L, in, scanned, len < (size_t)max ? len : (size_t)max, 0);
+        return need(L, eof ? "eof" : "more");
+    }
+    case 'u': {
+        size_t seplen;
+        const char *sep = luaL_checklstring(L, 3, &seplen);
+        luaL_argcheck(L, seplen > 0, 3, "the separator must not be empty");
+        lua_Integer max = luaL_optinteger(L, 4, LUA_MAXINTEGER);
+        size_t idx = find(in, scanned, sep, seplen);
+        if (idx != (size_t)-1 && (lua_Integer)idx <= max)
+            return give(L, in, scanned, idx, seplen);
+        if ((lua_Integer)len - (lua_Integer)seplen + 1 > max || (idx != (size_t)-1)) {
+            lua_pushboolean(L, 0);
+            lua_pushliteral(L, "EMSGSIZE");
+            return 2;
+        }
+        if (eof)
+            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
+        return need(L, "more");
+    }
+    default:
+        return luaL_argerror(L, 2, "unknown read kind");
+    }
+}
+
+/* core.stream_buffered(self): bytes read and not taken yet */
+static int lstream_buffered(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t *scanned;
+    ac_buffer *in = ac_chat_stream_input(L, 1, &scanned);
+    lua_pushinteger(L, in ? (lua_Integer)buffer_len(in) : 0);
+    return 1;
+}
+
+static const luaL_Reg stream_funcs[] = {
+    {"stream_take", lstream_take}, {"stream_buffered", lstream_buffered},
+    {NULL, NULL}
+};
+
+void ac_stream_open(lua_State *L, int st, int mt)
+{
+    ac_setfuncs(L, stream_funcs, st, mt);
+}
