@@ -28,7 +28,8 @@ enum { UV_MAPS = 1,   /* weak table: map -> map state (lreg.c) */
        UV_ACCEPTED,   /* the socket the last accept() returned, while handle_accept runs */
        UV_TASKS,      /* the live tasks: task -> true (ltask.c) */
        UV_READY,      /* the tasks to resume at the next pass, in order (ltask.c) */
-       UV_COUNT = UV_READY };
+       UV_TASKCO,     /* weak: a task's coroutine -> the task (ltask.c) */
+       UV_COUNT = UV_TASKCO };
 
 typedef struct ac_state {
     char *rbuf;             /* the reused receive buffer */

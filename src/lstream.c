@@ -12,6 +12,7 @@
 #include <string.h>
 #include "lstream.h"
 #include "lchat.h"
+#include "ltask.h"
 
 /* push the first n bytes of in as the result, consume them (and `skip`
 ** bytes more: a separator) */
@@ -121,6 +122,73 @@ static int lstream_take(lua_State *L)
     }
 }
 
+/*
+** core.stream_read(self, kind [, arg [, max]]): the fast path of the stream
+** reads, for a task: what stream_take gives, and when it says "more", the
+** task waits right here (a yield from C, its continuation asks again) with
+** the stream's _reader set, so handle_read wakes it. nil at the end of the
+** stream (or "" for "a"). false when the Lua side must take over: not in a
+** task, another reader, a timeout set, an error on the stream, EMSGSIZE.
+*/
+static int read_k(lua_State *L, int status, lua_KContext ctx);
+
+static int read_try(lua_State *L, int task)
+{
+    for (;;) {
+        lua_settop(L, task);
+        if (lstream_take(L) == 1)              /* the same cut as stream_take (args 1-4) */
+            return 1;
+        if (lua_type(L, -2) == LUA_TBOOLEAN) {
+            lua_pushboolean(L, 0);
+            return 1;                          /* EMSGSIZE: the Lua side says it */
+        }
+        const char *why = lua_tostring(L, -1);
+        ac_pushkey(L, K_READER);
+        int busy = lua_rawget(L, 1) != LUA_TNIL;
+        lua_getfield(L, 1, "_err");
+        int err = !lua_isnil(L, -1);
+        lua_getfield(L, 1, "_timeout");
+        int timeout = !lua_isnil(L, -1);
+        lua_pop(L, 3);
+        if (err || busy || timeout || (lua_type(L, task) != LUA_TTABLE && why[0] != 'e')) {
+            lua_pushboolean(L, 0);
+            return 1;
+        }
+        if (why[0] == 'e') {                  /* the end */
+            lua_pushnil(L);
+            return 1;
+        }
+        lua_settop(L, task);
+        ac_pushkey(L, K_READER);
+        lua_pushvalue(L, task);
+        lua_rawset(L, 1);
+        return ac_task_wait(L, task, 0, read_k);
+    }
+}
+
+static int read_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status, (void)ctx;
+    int task = lua_gettop(L);                 /* the stack is as at the yield */
+    ac_pushkey(L, K_READER);
+    lua_pushnil(L);
+    lua_rawset(L, 1);
+    ac_task_check_cancel(L, task);
+    return read_try(L, task);
+}
+
+static int lstream_read(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_gettop(L) > 4)
+        lua_settop(L, 4);
+    while (lua_gettop(L) < 4)
+        lua_pushnil(L);
+    if (!ac_task_push_current(L))
+        lua_pushboolean(L, 0);                 /* 5: the task, or false (top level) */
+    return read_try(L, 5);
+}
+
 /* core.stream_buffered(self): bytes read and not taken yet */
 static int lstream_buffered(lua_State *L)
 {
@@ -133,6 +201,7 @@ static int lstream_buffered(lua_State *L)
 
 static const luaL_Reg stream_funcs[] = {
     {"stream_take", lstream_take}, {"stream_buffered", lstream_buffered},
+    {"stream_read", lstream_read},
     {NULL, NULL}
 };
 

@@ -82,6 +82,37 @@ void ac_task_wake(lua_State *L, int t)
     make_ready(L, t);
 }
 
+int ac_task_push_current(lua_State *L)
+{
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_TASKCO);
+    lua_pushthread(L);
+    if (lua_rawget(L, -2) != LUA_TTABLE) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_remove(L, -2);
+    return 1;
+}
+
+int ac_task_wait(lua_State *L, int t, lua_KContext ctx, lua_KFunction k)
+{
+    lua_pushliteral(L, "waiting");
+    lua_setfield(L, t, "status");
+    lua_pushlightuserdata(L, &token);
+    return lua_yieldk(L, 1, ctx, k);
+}
+
+void ac_task_check_cancel(lua_State *L, int t)
+{
+    if (lua_getfield(L, t, "_cancel") != LUA_TNIL && lua_toboolean(L, -1)) {
+        lua_pushnil(L);
+        lua_setfield(L, t, "_cancel");
+        ac_pusherror(L, "cancelled", ECANCELED, NULL);
+        lua_error(L);
+    }
+    lua_pop(L, 1);
+}
+
 /* the task at t ended with `status`: leave the live set, wake its joiners */
 static void finish(lua_State *L, int t, const char *status)
 {
@@ -251,6 +282,11 @@ static int ltask_start(lua_State *L)
     lua_State *co = lua_newthread(L);       /* 3 */
     lua_pushvalue(L, 2);
     lua_xmove(L, co, 1);
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_TASKCO);
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
     lua_setfield(L, 1, "co");
     lua_pushliteral(L, "running");
     lua_setfield(L, 1, "status");
@@ -315,5 +351,11 @@ void ac_task_open(lua_State *L, int st, int mt)
     lua_setiuservalue(L, st, UV_TASKS);
     lua_newtable(L);
     lua_setiuservalue(L, st, UV_READY);
+    lua_newtable(L);                        /* weak keys: a coroutine -> its task */
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, st, UV_TASKCO);
     ac_setfuncs(L, task_funcs, st, mt);
 }

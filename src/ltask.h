@@ -20,6 +20,14 @@ int ac_tasks_ready(lua_State *L);
 int ac_tasks_run(lua_State *L, int msgh);
 /* wake the task at t: it goes on the ready list (once) */
 void ac_task_wake(lua_State *L, int t);
+/* push the task whose coroutine is L, or nothing: returns 1 or 0 */
+int ac_task_push_current(lua_State *L);
+/* suspend the calling C function's task: it yields the token (with
+** continuation k and ctx); whoever readies it resumes it. Call it as
+** `return ac_task_wait(L, ctx, k)`; the task table must be at `t`. */
+int ac_task_wait(lua_State *L, int t, lua_KContext ctx, lua_KFunction k);
+/* after a wait: raise ECANCELED if the task at t was cancelled meanwhile */
+void ac_task_check_cancel(lua_State *L, int t);
 /* core.task_start, task_ready, task_cancel_unstarted, task_token */
 void ac_task_open(lua_State *L, int st, int mt);
 

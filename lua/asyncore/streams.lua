@@ -17,7 +17,7 @@ local type, tostring, select, error, rawget, rawset, setmetatable, getmetatable 
 local format = string.format
 local T = core._tasks
 local mode, suspend, wake = T.mode, T.suspend, T.wake
-local take, new_error = core.stream_take, core.new_error
+local take, fast_read, new_error = core.stream_take, core.stream_read, core.new_error
 local now, call_later = asyncore.now, asyncore.call_later
 local ETIMEDOUT, EBUSY, EMSGSIZE, ECONNRESET, EPIPE, EIO =
   core.ETIMEDOUT, core.EBUSY, core.EMSGSIZE, core.ECONNRESET, core.EPIPE, core.EIO
@@ -143,11 +143,16 @@ function Stream:read(fmt)
   if fmt == nil then fmt = "l" end
   if math.type(fmt) == "integer" then
     if fmt < 0 then argerror(1, "read", "a byte count >= 0 expected") end
+    local r = fast_read(self, "n", fmt)
+    if r ~= false then return r end
     return read(self, "n", fmt, nil, "read")
   end
   local f = type(fmt) == "string" and FORMATS[fmt:gsub("^%*", "")]
   if not f then argerror(1, "read", "format \"l\", \"L\", \"a\" or a byte count expected, got " .. tostring(fmt)) end
-  local r, err = read(self, f, nil, nil, "read")
+  local r = fast_read(self, f)
+  if r ~= false then return r end
+  local err
+  r, err = read(self, f, nil, nil, "read")
   if r ~= nil then return r end
   if err == nil and f == "a" then return "" end
   return nil, err
@@ -159,6 +164,8 @@ function Stream:read_until(sep, max)
   if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
     argerror(2, "read_until", "a byte count >= 0 expected")
   end
+  local r = fast_read(self, "until", sep, max)
+  if r ~= false then return r end
   return read(self, "until", sep, max, "read_until")
 end
 
@@ -167,6 +174,8 @@ function Stream:read_some(max)
   if max ~= nil and (math.type(max) ~= "integer" or max <= 0) then
     argerror(1, "read_some", "a positive byte count expected")
   end
+  local r = fast_read(self, "some", max or 65536)
+  if r ~= false then return r end
   return read(self, "some", max or 65536, nil, "read_some")
 end
 
