@@ -43,6 +43,7 @@ typedef struct ac_state {
     uint32_t pred_version;  /* bumped when a class's readable, writable or
                                handle_read/write_event changes */
     int ntasks, nready;     /* live tasks, tasks in the ready list (ltask.c) */
+    lua_Integer ready_head; /* the ready list's next slot to run (ltask.c) */
     int loop_depth;         /* loop() calls under way (lloop.c) */
 } ac_state;
 
@@ -65,7 +66,11 @@ typedef struct ac_state {
     X(HANDLE_HANDSHAKE, "handle_handshake") X(ALLOW_HALF_OPEN, "allow_half_open") \
     X(HANDLE_READ_EOF, "handle_read_eof") X(HANDLE_PAUSE_WRITING, "handle_pause_writing") \
     X(HANDLE_RESUME_WRITING, "handle_resume_writing") X(WRITE_HIGH_WATER, "write_high_water") \
-    X(WRITE_LOW_WATER, "write_low_water") X(READER, "_reader")
+    X(WRITE_LOW_WATER, "write_low_water") X(READER, "_reader") X(WRITER, "_writer") \
+    X(ERR, "_err") X(TIMEOUT, "_timeout") X(WPAUSED, "_wpaused") X(STATUS, "status") \
+    X(READY, "_ready") X(CO, "co") X(STARTED, "_started") X(CANCEL, "_cancel") \
+    X(ST_RUNNING, "running") X(ST_WAITING, "waiting") X(ST_DONE, "done") \
+    X(ST_FAILED, "failed") X(ST_CANCELLED, "cancelled")
 
 enum ac_key {
 #define AC_KEY_ENUM(name, str) K_##name,

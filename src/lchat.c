@@ -75,6 +75,7 @@ static ac_chat *tochat(lua_State *L, int idx)
 typedef struct ac_chat ac_chat_t;
 static int lchat_collect(lua_State *L);
 static int lchat_initiate_send(lua_State *L);
+static int lchat_push(lua_State *L);
 
 static lua_Integer as_size(lua_State *L, int idx)
 {
@@ -701,6 +702,11 @@ static int push_result(lua_State *L, ac_chat *c)
 ** the string goes straight to the socket; only what the kernel does not take
 ** is queued (the queue then starts inside this string).
 */
+int ac_chat_push(lua_State *L)
+{
+    return lchat_push(L);
+}
+
 static int lchat_push(lua_State *L)
 {
     lua_settop(L, 2);

@@ -19,6 +19,8 @@ void ac_chat_open(lua_State *L, int st, int mt);
 ** and the count of its bytes known not to hold a separator, or NULL when it
 ** is not a stream */
 ac_buffer *ac_chat_stream_input(lua_State *L, int chan, size_t **scanned);
+/* async_chat:push(data) with self, data at 1, 2 (a stream's write) */
+int ac_chat_push(lua_State *L);
 /* after a stream's input was consumed: reading again if it was held off */
 void ac_chat_stream_consumed(lua_State *L, int chan, ac_buffer *in);
 

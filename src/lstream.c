@@ -145,10 +145,10 @@ static int read_try(lua_State *L, int task)
         const char *why = lua_tostring(L, -1);
         ac_pushkey(L, K_READER);
         int busy = lua_rawget(L, 1) != LUA_TNIL;
-        lua_getfield(L, 1, "_err");
-        int err = !lua_isnil(L, -1);
-        lua_getfield(L, 1, "_timeout");
-        int timeout = !lua_isnil(L, -1);
+        ac_pushkey(L, K_ERR);
+        int err = lua_rawget(L, 1) != LUA_TNIL;
+        ac_pushkey(L, K_TIMEOUT);
+        int timeout = lua_rawget(L, 1) != LUA_TNIL;
         lua_pop(L, 3);
         if (err || busy || timeout || (lua_type(L, task) != LUA_TTABLE && why[0] != 'e')) {
             lua_pushboolean(L, 0);
@@ -189,6 +189,44 @@ static int lstream_read(lua_State *L)
     return read_try(L, 5);
 }
 
+/*
+** core.stream_write(self, data): the fast path of stream:write for one
+** string: pushed at once. Returns self when done; true when pushed but the
+** queue is above the high mark or the stream failed (the Lua side waits or
+** reports); false when the Lua side must do it all (more arguments, another
+** writer, an error already, a closed stream).
+*/
+static int lstream_write(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int ok = lua_gettop(L) == 2 && lua_type(L, 2) == LUA_TSTRING;
+    if (ok) {
+        ac_pushkey(L, K_WRITER);
+        ok = lua_rawget(L, 1) == LUA_TNIL;
+        ac_pushkey(L, K_ERR);
+        ok = ok && lua_rawget(L, 1) == LUA_TNIL;
+        ac_pushkey(L, K_WPAUSED);
+        ok = ok && lua_rawget(L, 1) == LUA_TNIL;
+        lua_pop(L, 3);
+        ac_socket *s = ok ? ac_chansock(L, 1) : NULL;
+        ok = s != NULL && !sock_isclosed(s);
+    }
+    if (!ok) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    ac_chat_push(L);
+    ac_pushkey(L, K_WPAUSED);
+    int wait = lua_rawget(L, 1) != LUA_TNIL;
+    ac_pushkey(L, K_ERR);
+    wait = wait || lua_rawget(L, 1) != LUA_TNIL;
+    if (wait)
+        lua_pushboolean(L, 1);
+    else
+        lua_pushvalue(L, 1);
+    return 1;
+}
+
 /* core.stream_buffered(self): bytes read and not taken yet */
 static int lstream_buffered(lua_State *L)
 {
@@ -201,7 +239,7 @@ static int lstream_buffered(lua_State *L)
 
 static const luaL_Reg stream_funcs[] = {
     {"stream_take", lstream_take}, {"stream_buffered", lstream_buffered},
-    {"stream_read", lstream_read},
+    {"stream_read", lstream_read}, {"stream_write", lstream_write},
     {NULL, NULL}
 };
 

@@ -41,20 +41,32 @@ int ac_tasks_ready(lua_State *L)
     return STATE(L)->nready;
 }
 
-static int field_is(lua_State *L, int t, const char *k, const char *v)
+/* a task's own fields, raw (the Task class is its metatable): push t[k] */
+static int tget(lua_State *L, int t, enum ac_key k)
 {
-    lua_getfield(L, t, k);
-    const char *s = lua_tostring(L, -1);
-    int r = s != NULL && strcmp(s, v) == 0;
-    lua_pop(L, 1);
-    return r;
+    ac_pushkey(L, k);
+    return lua_rawget(L, t);
+}
+
+/* t[k] = the value on top (popped) */
+static void tset(lua_State *L, int t, enum ac_key k)
+{
+    ac_pushkey(L, k);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+static void set_status(lua_State *L, int t, enum ac_key st)
+{
+    ac_pushkey(L, st);
+    tset(L, t, K_STATUS);
 }
 
 static int terminal(lua_State *L, int t)
 {
-    lua_getfield(L, t, "status");
-    const char *s = lua_tostring(L, -1);
-    int r = s != NULL && (strcmp(s, "done") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0);
+    tget(L, t, K_STATUS);
+    int r = lua_rawequal(L, -1, KEY(K_ST_DONE)) || lua_rawequal(L, -1, KEY(K_ST_FAILED)) ||
+            lua_rawequal(L, -1, KEY(K_ST_CANCELLED));
     lua_pop(L, 1);
     return r;
 }
@@ -63,17 +75,17 @@ static int terminal(lua_State *L, int t)
 static void make_ready(lua_State *L, int t)
 {
     t = lua_absindex(L, t);
-    lua_getfield(L, t, "_ready");
+    tget(L, t, K_READY);
     int already = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (already || terminal(L, t))
         return;
     lua_pushboolean(L, 1);
-    lua_setfield(L, t, "_ready");
+    tset(L, t, K_READY);
     ac_state *S = STATE(L);
     READY(L);
     lua_pushvalue(L, t);
-    lua_rawseti(L, -2, ++S->nready);
+    lua_rawseti(L, -2, S->ready_head + S->nready++);
     lua_pop(L, 1);
 }
 
@@ -96,17 +108,16 @@ int ac_task_push_current(lua_State *L)
 
 int ac_task_wait(lua_State *L, int t, lua_KContext ctx, lua_KFunction k)
 {
-    lua_pushliteral(L, "waiting");
-    lua_setfield(L, t, "status");
+    set_status(L, t, K_ST_WAITING);
     lua_pushlightuserdata(L, &token);
     return lua_yieldk(L, 1, ctx, k);
 }
 
 void ac_task_check_cancel(lua_State *L, int t)
 {
-    if (lua_getfield(L, t, "_cancel") != LUA_TNIL && lua_toboolean(L, -1)) {
+    if (tget(L, t, K_CANCEL) != LUA_TNIL && lua_toboolean(L, -1)) {
         lua_pushnil(L);
-        lua_setfield(L, t, "_cancel");
+        tset(L, t, K_CANCEL);
         ac_pusherror(L, "cancelled", ECANCELED, NULL);
         lua_error(L);
     }
@@ -182,27 +193,31 @@ static int report(lua_State *L, int t, int err, int tb, int msgh)
 static int resume(lua_State *L, int t, int msgh)
 {
     lua_pushnil(L);
-    lua_setfield(L, t, "_ready");
+    tset(L, t, K_READY);
     if (terminal(L, t))
         return 0;
-    lua_getfield(L, t, "co");
+    tget(L, t, K_CO);
     lua_State *co = lua_tothread(L, -1);
     if (co == NULL) {
         lua_pop(L, 1);
         return 0;
     }
     int cot = lua_gettop(L);                /* anchors the coroutine */
-    lua_pushliteral(L, "running");
-    lua_setfield(L, t, "status");
+    set_status(L, t, K_ST_RUNNING);
     lua_pushboolean(L, 1);
-    lua_setfield(L, t, "_started");
+    tset(L, t, K_STARTED);
     int nres = 0;
     int st = lua_resume(co, L, 0, &nres);
     if (st == LUA_YIELD) {
         int waits = nres >= 1 && lua_touserdata(co, -nres) == &token;
         lua_pop(co, nres);
-        if (!waits && field_is(L, t, "status", "running"))
-            make_ready(L, t);               /* a stray yield: it goes on at the next pass */
+        if (!waits) {
+            tget(L, t, K_STATUS);
+            int running = lua_rawequal(L, -1, KEY(K_ST_RUNNING));
+            lua_pop(L, 1);
+            if (running)
+                make_ready(L, t);           /* a stray yield: it goes on at the next pass */
+        }
         lua_settop(L, cot - 1);
         return 0;
     }
@@ -249,23 +264,28 @@ static int resume(lua_State *L, int t, int msgh)
 int ac_tasks_run(lua_State *L, int msgh)
 {
     ac_state *S = STATE(L);
-    int n = S->nready;
+    int n = S->nready;                      /* those woken meanwhile wait for the next pass */
     if (n == 0)
         return 0;
     int top = lua_gettop(L);
-    READY(L);                               /* top+1: the list run now */
-    lua_newtable(L);
-    lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_READY);   /* woken meanwhile: next pass */
-    S->nready = 0;
-    for (int i = 1; i <= n; i++) {
+    READY(L);                               /* top+1: the list */
+    for (int i = 0; i < n; i++) {
         lua_settop(L, top + 1);
-        lua_rawgeti(L, top + 1, i);
+        lua_Integer at = S->ready_head++;
+        S->nready--;
+        lua_rawgeti(L, top + 1, at);
+        lua_pushnil(L);
+        lua_rawseti(L, top + 1, at);
         if (lua_type(L, top + 2) == LUA_TTABLE && resume(L, top + 2, msgh)) {
+            if (S->nready == 0)
+                S->ready_head = 1;
             lua_replace(L, top + 1);        /* the value to re-raise */
             lua_settop(L, top + 1);
             return 1;
         }
     }
+    if (S->nready == 0)
+        S->ready_head = 1;                  /* keep the keys small */
     lua_settop(L, top);
     return 0;
 }
@@ -351,6 +371,7 @@ void ac_task_open(lua_State *L, int st, int mt)
     lua_setiuservalue(L, st, UV_TASKS);
     lua_newtable(L);
     lua_setiuservalue(L, st, UV_READY);
+    ((ac_state *)lua_touserdata(L, st))->ready_head = 1;
     lua_newtable(L);                        /* weak keys: a coroutine -> its task */
     lua_newtable(L);
     lua_pushliteral(L, "k");

@@ -17,7 +17,8 @@ local type, tostring, select, error, rawget, rawset, setmetatable, getmetatable 
 local format = string.format
 local T = core._tasks
 local mode, suspend, wake = T.mode, T.suspend, T.wake
-local take, fast_read, new_error = core.stream_take, core.stream_read, core.new_error
+local take, fast_read, fast_write, new_error = core.stream_take, core.stream_read, core.stream_write,
+  core.new_error
 local now, call_later = asyncore.now, asyncore.call_later
 local ETIMEDOUT, EBUSY, EMSGSIZE, ECONNRESET, EPIPE, EIO =
   core.ETIMEDOUT, core.EBUSY, core.EMSGSIZE, core.ECONNRESET, core.EPIPE, core.EIO
@@ -182,6 +183,9 @@ end
 --- stream:write(...): queues the strings (numbers too); suspends while the
 -- queue is above write_high_water. The stream, or nil and an error.
 function Stream:write(...)
+  local r = fast_write(self, ...)
+  if r == self then return self end
+  if r then return self:_wait_writable() end   -- pushed; above the mark, or failed
   local n = select("#", ...)
   for i = 1, n do
     local v = select(i, ...)
@@ -197,6 +201,12 @@ function Stream:write(...)
     local v = select(i, ...)
     self:push(type(v) == "number" and tostring(v) or v)
   end
+  return self:_wait_writable()
+end
+
+-- after a write's pushes: wait while the queue is above the high mark
+function Stream:_wait_writable()
+  local err
   local deadline
   while rawget(self, "_wpaused") do
     err = rawget(self, "_err")
