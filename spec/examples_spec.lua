@@ -498,6 +498,40 @@ print('sent')
     os.execute("rm -rf " .. dir)
   end)
 
+  it("mail_client.lua sends a message as a straight-line dialogue, in the clear and over STARTTLS", function()
+    local port = free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local D = H.tls_certs()
+    local server = start(("%s examples/smtp_sink.lua --tls %sserver.pem %sserver.key 127.0.0.1 %d %s")
+      :format(H.LUA, D, D, port, dir))
+    server.wait_line("smtp sink on")
+    local out = H.capture(("printf 'hello bob\\n.a line with a dot\\n' | timeout 20 %s examples/mail_client.lua "
+      .. "127.0.0.1 %d alice@example.org bob@example.org greetings"):format(H.LUA, port))
+    assert.equal("sent\n", out)
+    local mail = stored_mail(server)
+    assert.matches("Subject: greetings", mail)
+    assert.matches("hello bob\r?\n%.a line with a dot", mail)
+    out = H.capture(("printf 'sealed\\n' | timeout 20 %s examples/mail_client.lua --starttls %sca.pem "
+      .. "localhost %d alice@example.org bob@example.org tls"):format(H.LUA, D, port))
+    assert.equal("sent\n", out)
+    local second
+    H.run_until(function()
+      local names = {}
+      for name in server.output():gmatch("stored (%S+)") do names[#names + 1] = name end
+      second = names[2]
+      return second ~= nil
+    end, 10)
+    local f = assert(io.open(second, "rb"))
+    assert.matches("Subject: tls", f:read("a"))
+    f:close()
+    -- a refused connection: one line, exit status 1
+    local code = os.execute(("%s examples/mail_client.lua 127.0.0.1 %d a@b c@d < /dev/null 2>/dev/null")
+      :format(H.LUA, free_port()))
+    assert.is_not_true(code)
+    os.execute("rm -rf " .. dir)
+  end)
+
   it("http_server.lua --tls serves curl --cacert, closes on Connection: close, and http_client.lua " ..
     "fetches https:// verified, following a redirect from http", function()
     local D = H.tls_certs()
