@@ -51,6 +51,7 @@ build = {
     asyncore = "lua/asyncore.lua",
     ["asyncore.class"] = "lua/asyncore/class.lua",
     ["asyncore.tasks"] = "lua/asyncore/tasks.lua",
+    ["asyncore.streams"] = "lua/asyncore/streams.lua",
     asynchat = "lua/asynchat.lua",
   },
 }

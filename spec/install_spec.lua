@@ -23,6 +23,8 @@ describe("installation", function()
     assert.matches("asyncore from " .. tree:gsub("%p", "%%%0"), out)
     assert.matches("core from " .. tree:gsub("%p", "%%%0"), out)
     assert.matches("served installed rock", out)
+    assert.matches("streams: streamed back", out)
+    assert.matches("streams from " .. tree:gsub("%p", "%%%0"), out)
   end
 
   it("has a rockspec that luarocks lint accepts, with a test section and the platforms", function()

@@ -497,10 +497,23 @@ static int lchat_handle_read(lua_State *L)
         lua_Integer want = chat_size(L, c, K_AC_IN_BUFFER_SIZE, cls);
         if (want > (1 << 24))
             want = 1 << 24;
-        if (buffer_reserve(&c->in, (size_t)want) != 0)
-            return ac_raise_nomem(L, "async_chat");
+        char *into;
+        if (c->stream) {
+            /* a stream reads into the shared buffer and keeps only what came:
+            ** an idle stream holds no 64 KiB window */
+            ac_state *S = STATE(L);
+            into = ac_rbuf(S, (size_t)want);
+            if (into == NULL)
+                return ac_raise_nomem(L, "async_chat");
+            if ((size_t)want > S->rbufsize)
+                want = (lua_Integer)S->rbufsize;
+        } else {
+            if (buffer_reserve(&c->in, (size_t)want) != 0)
+                return ac_raise_nomem(L, "async_chat");
+            into = c->in.data + c->in.last;
+        }
         size_t got;
-        int err = s->tp->read(s, c->in.data + c->in.last, (size_t)want, &got);
+        int err = s->tp->read(s, into, (size_t)want, &got);
         if (err == EAGAIN)
             return 0;
         if (err == 0 && got == 0) {
@@ -519,9 +532,12 @@ static int lchat_handle_read(lua_State *L)
                 return ac_flow_read_end(L, 1, s, err), 0;
             return ac_raise(L, "recv", err);
         }
-        c->in.last += got;
-        if (c->stream)
+        if (c->stream) {
+            if (buffer_append(&c->in, into, got) != 0)
+                return ac_raise_nomem(L, "async_chat");
             return stream_input(L, c, s), 0;
+        }
+        c->in.last += got;
     }
     frame(L, c, s, gen, stock);
     if (!ac_sock_same(s, gen))

@@ -22,3 +22,17 @@ c:create_socket()
 c:connect(s.socket:getsockname())
 c:send("installed rock")
 pcall(asyncore.loop, { timeout = 1, count = 100 })
+s:close()
+
+-- the modules loaded on first use (streams) come from the installed tree too
+local srv = asyncore.serve("127.0.0.1", 0, function(st) st:write(st:read(), " back\n") end)
+local t = asyncore.spawn(function()
+  local st = assert(asyncore.open_stream("127.0.0.1", srv.port))
+  st:write("streamed\n")
+  local line = st:read()
+  st:close()
+  return line
+end)
+print("streams: " .. tostring(select(2, t:join(10))))
+print("streams from " .. package.searchpath("asyncore.streams", package.path))
+srv:close()
