@@ -295,6 +295,36 @@ s:close()
     p.kill()
   end)
 
+  it("open_stream's family and serve's map and reuseport", function()
+    local map = {}
+    local srv = asyncore.serve("127.0.0.1", 0, function(st) st:write("from the map\n") end,
+      { map = map, reuseport = true, backlog = 4 })
+    assert.equal(srv, map[srv:fileno()])
+    assert.is_true(srv.socket:getsockopt("reuseport"))
+    local t = asyncore.spawn(function()
+      local st = assert(asyncore.open_stream("127.0.0.1", srv.port, { family = "inet", map = map }))
+      assert.equal(st, map[st:fileno()])
+      local l = st:read()
+      st:close()
+      return l
+    end)
+    H.run_until(function() return t.status == "done" or t.status == "failed" end, 10, { map = map })
+    assert.same({ true, "from the map" }, { t:join() })
+    srv:close()
+    if H.have_ipv6() then
+      local srv6 = asyncore.serve("::1", 0, function(st) st:write("six\n") end)
+      local r = { run(function()
+        local st = assert(asyncore.open_stream("localhost", srv6.port, { family = "inet6" }))
+        local l = st:read()
+        local peer = st:getpeername()
+        st:close()
+        return l, peer[1]
+      end) }
+      assert.same({ "six", "::1" }, r)
+      srv6:close()
+    end
+  end)
+
   it("shutdown half-closes and reading goes on; close still sends what is queued", function()
     local srv = asyncore.serve("127.0.0.1", 0, function(s)
       local all = s:read("a")                 -- to the client's shutdown
