@@ -20,9 +20,17 @@ local function wait_port(port, seconds)
   end, seconds or 10)
 end
 
--- the mail smtp_sink.lua stored last (it prints "stored FILE")
-local function stored_mail(server)
-  local name = server.wait_line("stored (%S+)")
+-- the n-th mail (default the first) smtp_sink.lua stored (it prints "stored FILE")
+local function stored_mail(server, n)
+  local name
+  H.run_until(function()
+    local i = 0
+    for file in server.output():gmatch("stored (%S+)") do
+      i = i + 1
+      if i == (n or 1) then name = file end
+    end
+    return name ~= nil
+  end, 10)
   local f = assert(io.open(name, "rb"))
   local mail = f:read("a")
   f:close()
@@ -470,7 +478,8 @@ describe("the examples", function()
     os.execute("rm -rf " .. top)
   end)
 
-  it("smtp_sink.lua --tls offers STARTTLS, and smtplib's verified starttls() delivers over it", function()
+  -- smtp_sink.lua --tls on a free port: the process, its port, its directory, the certificates
+  local function start_tls_sink()
     local port = free_port()
     local dir = os.tmpname()
     os.remove(dir)
@@ -478,6 +487,11 @@ describe("the examples", function()
     local server = start(("%s examples/smtp_sink.lua --tls %sserver.pem %sserver.key 127.0.0.1 %d %s")
       :format(H.LUA, D, D, port, dir))
     server.wait_line("smtp sink on")
+    return server, port, dir, D
+  end
+
+  it("smtp_sink.lua --tls offers STARTTLS, and smtplib's verified starttls() delivers over it", function()
+    local server, port, dir, D = start_tls_sink()
     local out = H.capture(([[timeout 20 python3 -c "
 import smtplib, ssl
 ctx = ssl.create_default_context(cafile='%sca.pem')
@@ -499,13 +513,7 @@ print('sent')
   end)
 
   it("mail_client.lua sends a message as a straight-line dialogue, in the clear and over STARTTLS", function()
-    local port = free_port()
-    local dir = os.tmpname()
-    os.remove(dir)
-    local D = H.tls_certs()
-    local server = start(("%s examples/smtp_sink.lua --tls %sserver.pem %sserver.key 127.0.0.1 %d %s")
-      :format(H.LUA, D, D, port, dir))
-    server.wait_line("smtp sink on")
+    local server, port, dir, D = start_tls_sink()
     local out = H.capture(("printf 'hello bob\\n.a line with a dot\\n' | timeout 20 %s examples/mail_client.lua "
       .. "127.0.0.1 %d alice@example.org bob@example.org greetings"):format(H.LUA, port))
     assert.equal("sent\n", out)
@@ -515,16 +523,7 @@ print('sent')
     out = H.capture(("printf 'sealed\\n' | timeout 20 %s examples/mail_client.lua --starttls %sca.pem "
       .. "localhost %d alice@example.org bob@example.org tls"):format(H.LUA, D, port))
     assert.equal("sent\n", out)
-    local second
-    H.run_until(function()
-      local names = {}
-      for name in server.output():gmatch("stored (%S+)") do names[#names + 1] = name end
-      second = names[2]
-      return second ~= nil
-    end, 10)
-    local f = assert(io.open(second, "rb"))
-    assert.matches("Subject: tls", f:read("a"))
-    f:close()
+    assert.matches("Subject: tls", stored_mail(server, 2))
     -- a refused connection: one line, exit status 1
     local code = os.execute(("%s examples/mail_client.lua 127.0.0.1 %d a@b c@d < /dev/null 2>/dev/null")
       :format(H.LUA, free_port()))

@@ -267,8 +267,7 @@ static int lds_handle_close(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     ac_socket *s = ac_chansock(L, 1);
-    if (s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) && ac_rawbool(L, 1, K_CONNECTED) &&
-        (buffer_len(&s->out) > 0 || (s->flags & SF_SHUT_REQ) || (s->tp->flush && s->tp->flush(s) != 0))) {
+    if (ac_flow_drain_first(L, 1, s, s != NULL && (buffer_len(&s->out) > 0 || (s->flags & SF_SHUT_REQ)))) {
         if (!(s->flags & SF_DS_CLOSE)) {
             s->flags |= SF_DS_CLOSE;
             ac_update_interest(L, 1, s);

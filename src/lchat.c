@@ -863,8 +863,7 @@ static int lchat_handle_close(lua_State *L)
     lua_settop(L, 1);
     ac_chat *c = checkchat(L, 1, "handle_close");   /* 2: chat */
     ac_socket *s = ac_chansock(L, 1);
-    if (c->close_queued != 2 && s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) &&
-        ac_rawbool(L, 1, K_CONNECTED) && (out_pending(c) || (s->tp->flush && s->tp->flush(s) != 0))) {
+    if (c->close_queued != 2 && ac_flow_drain_first(L, 1, s, out_pending(c))) {
         if (!c->close_queued)
             queue_mark(L, c, 0);
         return 0;

@@ -113,6 +113,12 @@ void ac_flow_shut_done(lua_State *L, int chan, ac_socket *s)
         ac_call_method(L, chan, K_HANDLE_CLOSE, 0);
 }
 
+int ac_flow_drain_first(lua_State *L, int chan, ac_socket *s, int queued)
+{
+    return s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) && ac_rawbool(L, chan, K_CONNECTED) &&
+           (queued || (s->tp->flush && s->tp->flush(s) != 0));
+}
+
 /* dispatcher:pause_reading(): no read interest until resume_reading() */
 static int lflow_pause_reading(lua_State *L)
 {

@@ -48,6 +48,12 @@ void ac_flow_read_end(lua_State *L, int chan, ac_socket *s, int err);
 int ac_flow_shutdown(lua_State *L, int chan, ac_socket *s);
 void ac_flow_shut_done(lua_State *L, int chan, ac_socket *s);
 
+/* the default handle_close of a queueing class (`queued`: its queue holds
+** something): should it send what is queued before closing? (a connected
+** channel whose sending side is open, with output queued or held by its
+** transport) */
+int ac_flow_drain_first(lua_State *L, int chan, ac_socket *s, int queued);
+
 /* adds core.flow: pause_reading, resume_reading, reading_paused and the
 ** default handle_pause_writing / handle_resume_writing */
 void ac_flow_open(lua_State *L, int st, int mt);

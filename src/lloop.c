@@ -503,8 +503,7 @@ static int lloop_loop(lua_State *L)
 {
     ac_state *S = STATE(L);
     int n = lua_gettop(L);
-    ac_copyupvalues(L);
-    lua_pushcclosure(L, loop_body, AC_NUP);
+    lua_pushvalue(L, lua_upvalueindex(AC_NUP + 1));   /* loop_body, made once */
     lua_insert(L, 1);
     S->loop_depth++;
     int st = lua_pcall(L, n, 0, 0);
@@ -526,7 +525,6 @@ static int lloop_backends(lua_State *L)
 }
 
 static const luaL_Reg loop_funcs[] = {
-    {"loop", lloop_loop},
     {"backends", lloop_backends},
     {NULL, NULL}
 };
@@ -535,4 +533,10 @@ static const luaL_Reg loop_funcs[] = {
 void ac_loop_open(lua_State *L, int st, int mt)
 {
     ac_setfuncs(L, loop_funcs, st, mt);
+    /* core.loop: the standard upvalues, then loop_body (with them too) */
+    ac_pushupvalues(L, st, mt);
+    ac_pushupvalues(L, st, mt);
+    lua_pushcclosure(L, loop_body, AC_NUP);
+    lua_pushcclosure(L, lloop_loop, AC_NUP + 1);
+    lua_setfield(L, -2, "loop");
 }

@@ -338,6 +338,14 @@ static int ltask_finish(lua_State *L)
     return 0;
 }
 
+/* core.task_current(): the task the calling coroutine runs, or nil */
+static int ltask_current(lua_State *L)
+{
+    if (!ac_task_push_current(L))
+        lua_pushnil(L);
+    return 1;
+}
+
 /* core.task_token(): what a waiting task yields */
 static int ltask_token(lua_State *L)
 {
@@ -361,7 +369,7 @@ static int lloop_depth(lua_State *L)
 
 static const luaL_Reg task_funcs[] = {
     {"task_start", ltask_start}, {"task_ready", ltask_ready}, {"task_finish", ltask_finish},
-    {"task_token", ltask_token}, {"task_counts", ltask_counts}, {"loop_depth", lloop_depth},
+    {"task_token", ltask_token}, {"task_current", ltask_current}, {"task_counts", ltask_counts}, {"loop_depth", lloop_depth},
     {NULL, NULL}
 };
 

@@ -334,8 +334,6 @@ function M.open_stream(host, port, opts)
       return nil, new_error(ETIMEDOUT, "connect")
     end
   end
-  rawset(s, "_timeout", nil)
-  if opts.timeout then s:settimeout(opts.timeout) end
   return s
 end
 

@@ -19,7 +19,7 @@ return function(M, core)
   local ECANCELED, ETIMEDOUT = core.ECANCELED, core.ETIMEDOUT
   local loop_depth = core.loop_depth
 
-  local by_co = setmetatable({}, { __mode = "k" })   -- coroutine -> its task
+  local current = core.task_current   -- the task of the running coroutine (kept in C)
 
   local Task = {}
   Task.__index = Task
@@ -44,7 +44,7 @@ return function(M, core)
   -- script's top level, or a coroutine of its own there: the call runs the
   -- loop until it is done). Inside the loop (a handler, a timer) it raises.
   local function mode(fname)
-    local t = by_co[running()]
+    local t = current()
     if t then return "task", t end
     if loop_depth() > 0 then
       error(format("%s: called inside the loop (a handler or a timer), which cannot wait: "
@@ -91,7 +91,6 @@ return function(M, core)
     local args = pack(...)
     local t = setmetatable({ status = "running" }, Task)
     task_start(t, function() return fn(unpack(args, 1, args.n)) end)
-    by_co[t.co] = t
     return t
   end
 
