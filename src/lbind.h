@@ -26,10 +26,9 @@ enum { UV_MAPS = 1,   /* weak table: map -> map state (lreg.c) */
        UV_WRAPMT,     /* metatable of a callback error wrapped with its traceback */
        UV_MSGH,       /* the callbacks' message handler (ac_push_msgh) */
        UV_ACCEPTED,   /* the socket the last accept() returned, while handle_accept runs */
-       UV_TASKS,      /* the live tasks: task -> true (ltask.c) */
-       UV_READY,      /* the tasks to resume at the next pass, in order (ltask.c) */
-       UV_TASKCO,     /* weak: a task's coroutine -> the task (ltask.c) */
-       UV_COUNT = UV_TASKCO };
+       UV_TASKS,      /* the live tasks: light userdata (its C state) -> task (ltask.c) */
+       UV_TASKMT,     /* the tasks' metatable, asyncore's Task class (ltask.c) */
+       UV_COUNT = UV_TASKMT };
 
 typedef struct ac_state {
     char *rbuf;             /* the reused receive buffer */
@@ -42,8 +41,13 @@ typedef struct ac_state {
     uint32_t class_version; /* bumped by class.lua whenever a class changes */
     uint32_t pred_version;  /* bumped when a class's readable, writable or
                                handle_read/write_event changes */
-    int ntasks, nready;     /* live tasks, tasks in the ready list (ltask.c) */
-    lua_Integer ready_head; /* the ready list's next slot to run (ltask.c) */
+    /* tasks (ltask.c): the live ones are anchored in UV_TASKS; the ready
+    ** list holds their C states in order (ready[head .. head+nready-1]) */
+    int ntasks, nready;
+    int ready_head, ready_cap;
+    struct ac_task **ready;
+    struct ac_task *cur_task; /* the task being resumed, and its coroutine */
+    lua_State *cur_co;
     int loop_depth;         /* loop() calls under way (lloop.c) */
 } ac_state;
 
@@ -66,9 +70,8 @@ typedef struct ac_state {
     X(HANDLE_HANDSHAKE, "handle_handshake") X(ALLOW_HALF_OPEN, "allow_half_open") \
     X(HANDLE_READ_EOF, "handle_read_eof") X(HANDLE_PAUSE_WRITING, "handle_pause_writing") \
     X(HANDLE_RESUME_WRITING, "handle_resume_writing") X(WRITE_HIGH_WATER, "write_high_water") \
-    X(WRITE_LOW_WATER, "write_low_water") X(READER, "_reader") X(WRITER, "_writer") \
-    X(ERR, "_err") X(TIMEOUT, "_timeout") X(WPAUSED, "_wpaused") X(STATUS, "status") \
-    X(READY, "_ready") X(CO, "co") X(STARTED, "_started") X(CANCEL, "_cancel") \
+    X(WRITE_LOW_WATER, "write_low_water") \
+    X(STATUS, "status") \
     X(ST_RUNNING, "running") X(ST_WAITING, "waiting") X(ST_DONE, "done") \
     X(ST_FAILED, "failed") X(ST_CANCELLED, "cancelled")
 

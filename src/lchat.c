@@ -34,37 +34,9 @@
 #include "ltask.h"
 
 #define CHAT_MT "asyncore.chat"
-#define AC_CHAT_MAGIC UINT64_C(0x6c75612d61632d63)   /* "lua-ac-c": see AC_SOCK_MAGIC */
 #define GATHER_MAX 64            /* strings per sendmsg() */
 
 enum { TERM_NONE, TERM_STRING, TERM_COUNT };
-
-struct ac_chat {
-    uint64_t magic;         /* AC_CHAT_MAGIC (see lac.h) */
-    ac_buffer in;           /* received, not yet framed */
-    ac_buffer collected;    /* the stock collect_incoming_data's store */
-    ac_buffer batch;        /* small pushes of the batch being framed, copied together
-                               while the queue is empty (they precede the queue) */
-    int kind;               /* TERM_* */
-    char *term;             /* TERM_STRING: the bytes */
-    size_t termlen;
-    lua_Integer count;      /* TERM_COUNT: bytes still expected */
-    size_t scanned;         /* `in` bytes already known not to start a match */
-    lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
-    size_t head_off;        /* bytes of the head string already sent */
-    size_t queued;          /* bytes waiting: the batch, the queue's strings (less head_off) */
-    unsigned char close_queued; /* close_when_done(): 1 queued, 2 reached (handle_close runs) */
-    unsigned char shut;     /* shutdown_when_done() was asked: nothing more may be pushed */
-    /* what the channel's class says, read once per class version (see chat_class) */
-    const void *cls;        /* the instance's dispatch table when read, or NULL */
-    uint32_t cls_version;
-    lua_Integer cls_in_size, cls_out_size;
-    int cls_collect_stock, cls_initiate_stock;
-    unsigned char finalized; /* its __gc ran and freed the buffers */
-    unsigned char framing;   /* handle_read is delivering frames: pushes wait for its end */
-    unsigned char stream;    /* a task stream (lstream.c): input is kept in `in`, not framed */
-};
-typedef struct ac_chat ac_chat;
 
 /* the chat state at idx, or NULL */
 static ac_chat *tochat(lua_State *L, int idx)
@@ -185,6 +157,17 @@ static void call_initiate_send(lua_State *L, ac_chat_t *c, int ci)
 }
 
 /* push the channel's chat state and return it; raises if it has none */
+ac_chat *ac_chat_of(lua_State *L, int chan)
+{
+    if (lua_type(L, chan) != LUA_TTABLE)
+        return NULL;
+    ac_pushkey(L, K_CHAT);
+    lua_rawget(L, chan);
+    ac_chat *c = tochat(L, -1);
+    lua_pop(L, 1);                 /* the channel keeps it */
+    return c != NULL && !c->finalized ? c : NULL;
+}
+
 static ac_chat *checkchat(lua_State *L, int chan, const char *op)
 {
     luaL_checktype(L, chan, LUA_TTABLE);
@@ -294,6 +277,8 @@ static void chat_attach(lua_State *L, int chan, ac_socket *s)
         s->flags |= SF_CHAT_PENDING;
     else
         s->flags &= ~SF_CHAT_PENDING;
+    if (c && c->stream)
+        s->flags |= SF_STREAM;
     lua_pop(L, 1);
 }
 
@@ -451,11 +436,9 @@ static void frame(lua_State *L, ac_chat *c, ac_socket *s, uint32_t gen, int stoc
 ** much is kept and nobody reads (stack: 1 the channel) */
 static void stream_input(lua_State *L, ac_chat *c, ac_socket *s)
 {
-    ac_pushkey(L, K_READER);
-    int waiting = lua_rawget(L, 1) == LUA_TTABLE;
+    int waiting = c->reader != NULL;
     if (waiting)
-        ac_task_wake(L, lua_gettop(L));
-    lua_pop(L, 1);
+        ac_task_wake(L, c->reader);
     if (!waiting && buffer_len(&c->in) >= STREAM_IN_MAX && !(s->flags & SF_RD_PAUSED)) {
         s->flags |= SF_RD_PAUSED;
         ac_update_interest(L, 1, s);
@@ -1051,25 +1034,18 @@ static int initiate_send(lua_State *L, ac_chat *c)
     return 0;
 }
 
-ac_buffer *ac_chat_stream_input(lua_State *L, int chan, size_t **scanned)
+void ac_chat_stream_consumed(lua_State *L, int chan, ac_chat *c, ac_socket *s)
 {
-    ac_pushkey(L, K_CHAT);
-    lua_rawget(L, chan);
-    ac_chat *c = tochat(L, -1);
-    lua_pop(L, 1);                 /* the channel keeps it */
-    if (c == NULL || c->finalized || !c->stream)
-        return NULL;
-    *scanned = &c->scanned;
-    return &c->in;
-}
-
-void ac_chat_stream_consumed(lua_State *L, int chan, ac_buffer *in)
-{
-    ac_socket *s = ac_chansock(L, chan);
-    if (s != NULL && !sock_isclosed(s) && (s->flags & SF_RD_PAUSED) && buffer_len(in) < STREAM_IN_MAX / 2) {
+    if (s != NULL && !sock_isclosed(s) && (s->flags & SF_RD_PAUSED) && buffer_len(&c->in) < STREAM_IN_MAX / 2) {
         s->flags &= ~SF_RD_PAUSED;
         ac_update_interest(L, chan, s);
     }
+}
+
+int ac_chat_write_now(ac_chat *c, ac_socket *s)
+{
+    return !out_pending(c) && !c->framing && !c->shut && !c->close_queued &&
+           !sock_isclosed(s) && !(s->flags & (SF_CONNECTING | SF_FILE | SF_TP_EVENTS | SF_SHUT_REQ | SF_WR_SHUT));
 }
 
 /* core.stream_mode(self): the channel's input is kept for its tasks, not framed */
@@ -1077,6 +1053,9 @@ static int lchat_stream_mode(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "stream");
     c->stream = 1;
+    ac_socket *s = ac_chansock(L, 1);
+    if (s != NULL)
+        s->flags |= SF_STREAM;
     return 0;
 }
 

@@ -30,6 +30,9 @@ static int state_gc(lua_State *L)
     S->rbuf = NULL;
     S->rbufsize = 0;
     theap_free(&S->heap);
+    free(S->ready);
+    S->ready = NULL;
+    S->ready_cap = S->nready = 0;
     return 0;
 }
 

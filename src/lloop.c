@@ -29,6 +29,7 @@
 #include "lchat.h"
 #include "lresolve.h"
 #include "ltask.h"
+#include "lstream.h"
 
 /* stack slots of core.loop */
 enum { L_MAP = 1, L_TIMEOUT, L_COUNT, L_BACKEND, L_MS, L_MSGH, L_DISPATCH, L_PREDS, L_SCRATCH,
@@ -244,6 +245,10 @@ static int dispatch(lua_State *L, ac_mapstate *ms, int chan, ac_socket *s, unsig
         if (ev == 0)
             return 0;
     }
+    if (ev == AC_EV_READ && (s->flags & SF_STREAM) &&
+        !(s->flags & (SF_LISTENING | SF_CONNECTING | SF_TP_EVENTS)) && !(s->mode & CM_RE_CUSTOM) &&
+        ac_stream_readable(L, chan))
+        return 0;                     /* a task waits to read: it reads the socket itself */
     if ((ev == AC_EV_READ || ev == AC_EV_WRITE) &&
         !(s->flags & (SF_LISTENING | SF_CONNECTING | SF_TP_EVENTS)) &&
         !(s->mode & (ev == AC_EV_READ ? CM_RE_CUSTOM : CM_WE_CUSTOM))) {

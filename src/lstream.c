@@ -1,245 +1,486 @@
 /*
-** lstream.c: the reads of task streams, scanned in C (see lstream.h).
+** lstream.c: task streams in C (see lstream.h).
 **
-** A stream is an async_chat channel in stream mode: its handle_read keeps
-** what it reads in the chat's `in` buffer and wakes the task that waits to
-** read (lchat.c). core.stream_take cuts what a read format asks for out of
-** that buffer, or says why it cannot yet: the Lua side (lua/asyncore/
-** streams.lua) then waits and asks again. No Lua string is built until a
-** read is complete; a separator search resumes where the last one stopped.
+** A stream is an async_chat channel in stream mode: what it reads stays in
+** the chat's `in` buffer, and read formats are cut out of it here. The
+** stream methods that run for every message (read, read_until, read_some,
+** write) are these C functions: while a task reads and nothing is unusual
+** (no timeout set, no error, nobody else reading), a read waits right here
+** (a yield from C: its continuation asks again) with its task in the
+** chat's `reader` slot; a read event of the stream wakes that task without
+** calling into Lua (ac_stream_readable), and the task reads the socket
+** itself. A one-string write goes straight to the socket when nothing is
+** queued. Everything else (timeouts, the top level of a script, errors, a
+** writer held above the high mark) is the Lua side's (lua/asyncore/
+** streams.lua), reached with lua_callk.
 */
 #include "config.h"
+#include <errno.h>
 #include <string.h>
 #include "lstream.h"
-#include "lchat.h"
-#include "ltask.h"
+#include "lerror.h"
+#include "lflow.h"
 
-/* push the first n bytes of in as the result, consume them (and `skip`
+#define UP_SLOW_READ (AC_NUP + 1)    /* upvalues of the stream methods: the Lua side */
+#define UP_SLOW_WRITE (AC_NUP + 2)
+#define UP_WAIT_WRITABLE (AC_NUP + 3)
+#define READ_SOME_MAX 65536
+
+enum { TAKE_GOT, TAKE_MORE, TAKE_EOF, TAKE_TOOBIG };
+
+/* push the first n bytes of `in` as the result, consume them (and `skip`
 ** bytes more: a separator) */
-static int give(lua_State *L, ac_buffer *in, size_t *scanned, size_t n, size_t skip)
+static int give(lua_State *L, ac_chat *c, ac_socket *s, size_t n, size_t skip)
 {
-    lua_pushlstring(L, buffer_begin(in), n);
-    buffer_consume(in, n + skip);
-    *scanned = 0;
-    ac_chat_stream_consumed(L, 1, in);
-    return 1;
+    lua_pushlstring(L, buffer_begin(&c->in), n);
+    buffer_consume(&c->in, n + skip);
+    c->scanned = 0;
+    ac_chat_stream_consumed(L, 1, c, s);
+    return TAKE_GOT;
 }
 
-static int need(lua_State *L, const char *why)
+/* where sep starts in `in` from c->scanned on, or (size_t)-1 (then
+** c->scanned says how much is known not to hold its start) */
+static size_t find(ac_chat *c, const char *sep, size_t seplen)
 {
-    lua_pushnil(L);
-    lua_pushstring(L, why);
-    return 2;
-}
-
-/* where sep starts in `in` from *scanned on, or (size_t)-1 (then *scanned
-** says how much is known not to hold its start) */
-static size_t find(ac_buffer *in, size_t *scanned, const char *sep, size_t seplen)
-{
-    size_t idx = buffer_find(in, *scanned, sep, seplen);
+    size_t idx = buffer_find(&c->in, c->scanned, sep, seplen);
     if (idx == (size_t)-1) {
-        size_t len = buffer_len(in);
-        *scanned = len >= seplen ? len - seplen + 1 : 0;
+        size_t len = buffer_len(&c->in);
+        c->scanned = len >= seplen ? len - seplen + 1 : 0;
     }
     return idx;
 }
 
 /*
-** core.stream_take(self, kind [, arg [, max]]): kind "n" (arg bytes; fewer
-** only at the end), "l" / "L" (a line without / with its end: "\n" or
-** "\r\n"), "a" (everything, at the end), "some" (what there is, at most
-** arg), "until" (up to the separator arg, at most max bytes before it).
-** Returns the string; or nil, "more" (wait and ask again); nil, "eof"
-** (nothing left); false, "EMSGSIZE" (max passed without the separator).
+** Cut what a read asks for out of the stream's input. Stack: 1 the stream,
+** 2 the argument (the count for 'n', the most for 's', the separator for
+** 'u'), 3 the most before the separator ('u', or nil). Kinds: 'n' (bytes;
+** fewer only at the end), 'l' / 'L' (a line without / with its end), 'a'
+** (everything, at the end), 's' (what there is), 'u' (up to a separator).
+** TAKE_GOT pushes the string; the others push nothing.
 */
-static int lstream_take(lua_State *L)
+static int take(lua_State *L, ac_chat *c, ac_socket *s, int kind)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    const char *kind = luaL_checkstring(L, 2);
-    size_t *scanned;
-    ac_buffer *in = ac_chat_stream_input(L, 1, &scanned);
-    if (in == NULL)
-        return luaL_error(L, "read: not a stream");
-    ac_socket *s = ac_chansock(L, 1);
     int eof = s == NULL || sock_isclosed(s) || (s->flags & SF_RD_EOF);
-    size_t len = buffer_len(in);
-    switch (kind[0]) {
+    size_t len = buffer_len(&c->in);
+    switch (kind) {
     case 'n': {
-        lua_Integer n = luaL_checkinteger(L, 3);
+        lua_Integer n = lua_tointeger(L, 2);
         if (n <= 0) {
             lua_pushliteral(L, "");
-            return 1;
+            return TAKE_GOT;
         }
         if (len >= (size_t)n)
-            return give(L, in, scanned, (size_t)n, 0);
-        if (eof)
-            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
-        return need(L, "more");
+            return give(L, c, s, (size_t)n, 0);
+        break;
     }
     case 'l':
     case 'L': {
-        size_t idx = find(in, scanned, "\n", 1);
+        size_t idx = find(c, "\n", 1);
         if (idx != (size_t)-1) {
-            if (kind[0] == 'L')
-                return give(L, in, scanned, idx + 1, 0);
-            size_t cut = idx > 0 && buffer_begin(in)[idx - 1] == '\r' ? idx - 1 : idx;
-            return give(L, in, scanned, cut, idx + 1 - cut);
+            if (kind == 'L')
+                return give(L, c, s, idx + 1, 0);
+            size_t cut = idx > 0 && buffer_begin(&c->in)[idx - 1] == '\r' ? idx - 1 : idx;
+            return give(L, c, s, cut, idx + 1 - cut);
         }
-        if (eof)
-            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
-        return need(L, "more");
+        break;
     }
     case 'a':
         if (eof)
-            return give(L, in, scanned, len, 0);
-        return need(L, "more");
+            return len > 0 ? give(L, c, s, len, 0) : TAKE_EOF;
+        return TAKE_MORE;
     case 's': {
-        lua_Integer max = luaL_optinteger(L, 3, 65536);
-        luaL_argcheck(L, max > 0, 3, "a positive size expected");
+        lua_Integer max = lua_tointeger(L, 2);
         if (len > 0)
-            return give(L, in, scanned, len < (size_t)max ? len : (size_t)max, 0);
-        return need(L, eof ? "eof" : "more");
+            return give(L, c, s, len < (size_t)max ? len : (size_t)max, 0);
+        return eof ? TAKE_EOF : TAKE_MORE;
     }
-    case 'u': {
+    default: {   /* 'u' */
         size_t seplen;
-        const char *sep = luaL_checklstring(L, 3, &seplen);
-        luaL_argcheck(L, seplen > 0, 3, "the separator must not be empty");
-        lua_Integer max = luaL_optinteger(L, 4, LUA_MAXINTEGER);
-        size_t idx = find(in, scanned, sep, seplen);
+        const char *sep = lua_tolstring(L, 2, &seplen);
+        lua_Integer max = lua_isnil(L, 3) ? LUA_MAXINTEGER : lua_tointeger(L, 3);
+        size_t idx = find(c, sep, seplen);
         if (idx != (size_t)-1 && (lua_Integer)idx <= max)
-            return give(L, in, scanned, idx, seplen);
-        if ((lua_Integer)len - (lua_Integer)seplen + 1 > max || (idx != (size_t)-1)) {
-            lua_pushboolean(L, 0);
-            lua_pushliteral(L, "EMSGSIZE");
-            return 2;
-        }
-        if (eof)
-            return len > 0 ? give(L, in, scanned, len, 0) : need(L, "eof");
-        return need(L, "more");
+            return give(L, c, s, idx, seplen);
+        if ((lua_Integer)len - (lua_Integer)seplen + 1 > max || idx != (size_t)-1)
+            return TAKE_TOOBIG;
+        break;
     }
-    default:
-        return luaL_argerror(L, 2, "unknown read kind");
     }
+    if (eof)
+        return len > 0 ? give(L, c, s, len, 0) : TAKE_EOF;
+    return TAKE_MORE;
+}
+
+static int slow_k(lua_State *L, int status, lua_KContext base)
+{
+    (void)status;
+    return lua_gettop(L) - (int)base;
+}
+
+/* the Lua side's read: slow_read(self, kind, arg, max, fname); its results */
+static int read_slow(lua_State *L, int kind)
+{
+    static const char *const kinds[] = {"n", "l", "L", "a", "some", "until"};
+    static const char *const fnames[] = {"read", "read", "read", "read", "read_some", "read_until"};
+    int k = kind == 'n' ? 0 : kind == 'l' ? 1 : kind == 'L' ? 2 : kind == 'a' ? 3 : kind == 's' ? 4 : 5;
+    lua_settop(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(UP_SLOW_READ));
+    lua_pushvalue(L, 1);
+    lua_pushstring(L, kinds[k]);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_pushstring(L, fnames[k]);
+    lua_callk(L, 5, LUA_MULTRET, 3, slow_k);
+    return slow_k(L, LUA_OK, 3);
 }
 
 /*
-** core.stream_read(self, kind [, arg [, max]]): the fast path of the stream
-** reads, for a task: what stream_take gives, and when it says "more", the
-** task waits right here (a yield from C, its continuation asks again) with
-** the stream's _reader set, so handle_read wakes it. nil at the end of the
-** stream (or "" for "a"). false when the Lua side must take over: not in a
-** task, another reader, a timeout set, an error on the stream, EMSGSIZE.
+** The reader was woken by a read event (STR_READABLE): read the socket
+** here. Returns 1 with the result pushed (read_some straight from the
+** receive buffer), 0 when `in` (or the stream's state: the end, an error)
+** changed and the take is to be tried again, -1 when nothing was there.
 */
-static int read_k(lua_State *L, int status, lua_KContext ctx);
-
-static int read_try(lua_State *L, int task)
+static int read_socket(lua_State *L, ac_chat *c, ac_socket *s, int kind)
 {
-    for (;;) {
-        lua_settop(L, task);
-        if (lstream_take(L) == 1)              /* the same cut as stream_take (args 1-4) */
-            return 1;
-        if (lua_type(L, -2) == LUA_TBOOLEAN) {
-            lua_pushboolean(L, 0);
-            return 1;                          /* EMSGSIZE: the Lua side says it */
-        }
-        const char *why = lua_tostring(L, -1);
-        ac_pushkey(L, K_READER);
-        int busy = lua_rawget(L, 1) != LUA_TNIL;
-        ac_pushkey(L, K_ERR);
-        int err = lua_rawget(L, 1) != LUA_TNIL;
-        ac_pushkey(L, K_TIMEOUT);
-        int timeout = lua_rawget(L, 1) != LUA_TNIL;
-        lua_pop(L, 3);
-        if (err || busy || timeout || (lua_type(L, task) != LUA_TTABLE && why[0] != 'e')) {
-            lua_pushboolean(L, 0);
-            return 1;
-        }
-        if (why[0] == 'e') {                  /* the end */
-            lua_pushnil(L);
+    if (s == NULL || sock_isclosed(s) || (s->flags & (SF_RD_OFF | SF_TP_EVENTS)))
+        return -1;
+    ac_state *S = STATE(L);
+    size_t want = READ_SOME_MAX;
+    int direct = kind == 's' && buffer_len(&c->in) == 0;
+    if (direct && (size_t)lua_tointeger(L, 2) < want)
+        want = (size_t)lua_tointeger(L, 2);
+    char *into = ac_rbuf(S, want);
+    if (into == NULL)
+        return ac_raise_nomem(L, "read");
+    if (want > S->rbufsize)
+        want = S->rbufsize;
+    size_t got = 0;
+    int err = s->tp->read(s, into, want, &got);
+    if (err == EAGAIN)
+        return -1;
+    if (err == 0 && got > 0) {
+        if (direct) {
+            lua_pushlstring(L, into, got);
             return 1;
         }
-        lua_settop(L, task);
-        ac_pushkey(L, K_READER);
-        lua_pushvalue(L, task);
-        lua_rawset(L, 1);
-        return ac_task_wait(L, task, 0, read_k);
+        if (buffer_append(&c->in, into, got) != 0)
+            return ac_raise_nomem(L, "read");
+        return 0;
     }
-}
-
-static int read_k(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status, (void)ctx;
-    int task = lua_gettop(L);                 /* the stack is as at the yield */
-    ac_pushkey(L, K_READER);
+    if (err == 0 || ac_is_disconnect(err)) {
+        ac_flow_read_end(L, 1, s, err);     /* as handle_read does: the end, or a reset */
+        return 0;
+    }
+    ac_pusherror(L, "recv", err, NULL);     /* the stream keeps the error */
     lua_pushnil(L);
-    lua_rawset(L, 1);
-    ac_task_check_cancel(L, task);
-    return read_try(L, task);
+    ac_call_method(L, 1, K_HANDLE_ERROR, 2);
+    return 0;
 }
 
+static int read_k(lua_State *L, int status, lua_KContext kind);
+
+/* a read with the stack normalized to 1 self, 2 arg, 3 max */
+static int read_go(lua_State *L, int kind)
+{
+    ac_chat *c = ac_chat_of(L, 1);
+    if (c == NULL || !c->stream || (c->sflags & (STR_ERR | STR_TIMEOUT)) || c->reader != NULL)
+        return read_slow(L, kind);
+    ac_task *t = ac_task_current(L);
+    for (;;) {
+        ac_socket *s = ac_chansock(L, 1);
+        int r = take(L, c, s, kind);
+        if (r == TAKE_GOT)
+            return 1;
+        if (r == TAKE_EOF) {
+            if (kind == 'a')
+                lua_pushliteral(L, "");
+            else
+                lua_pushnil(L);
+            return 1;
+        }
+        if (r == TAKE_TOOBIG || t == NULL)
+            return read_slow(L, kind);
+        if (!(c->sflags & STR_READABLE))
+            break;
+        c->sflags &= ~STR_READABLE;
+        r = read_socket(L, c, s, kind);
+        if (r == 1)
+            return 1;
+        if (r < 0)
+            break;
+        if (c->sflags & STR_ERR)
+            return read_slow(L, kind);
+    }
+    lua_settop(L, 3);
+    c->reader = t;
+    return ac_task_wait(L, t, kind, read_k);
+}
+
+static int read_k(lua_State *L, int status, lua_KContext kind)
+{
+    (void)status;
+    ac_task *t = ac_task_current(L);
+    ac_chat *c = ac_chat_of(L, 1);
+    if (c != NULL && c->reader == t)
+        c->reader = NULL;
+    ac_task_check_cancel(L, t);
+    return read_go(L, (int)kind);
+}
+
+static int bad_arg(lua_State *L, const char *fname, const char *msg)
+{
+    return luaL_error(L, "bad argument #1 to '%s' (%s)", fname, msg);
+}
+
+/* stream:read([fmt]): as file:read: a byte count, "l", "L" or "a" */
 static int lstream_read(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    if (lua_gettop(L) > 4)
-        lua_settop(L, 4);
-    while (lua_gettop(L) < 4)
-        lua_pushnil(L);
-    if (!ac_task_push_current(L))
-        lua_pushboolean(L, 0);                 /* 5: the task, or false (top level) */
-    return read_try(L, 5);
+    int kind = 'l';
+    if (lua_isinteger(L, 2)) {
+        if (lua_tointeger(L, 2) < 0)
+            return bad_arg(L, "read", "a byte count >= 0 expected");
+        kind = 'n';
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *f = lua_tostring(L, 2);
+        if (*f == '*')
+            f++;
+        if ((f[0] == 'l' || f[0] == 'L' || f[0] == 'a') && f[1] == '\0')
+            kind = f[0];
+        else
+            kind = 0;
+    } else if (!lua_isnoneornil(L, 2)) {
+        kind = 0;
+    }
+    if (kind == 0) {
+        luaL_tolstring(L, 2, NULL);
+        return luaL_error(L, "bad argument #1 to 'read' (format \"l\", \"L\", \"a\" or a byte count "
+                          "expected, got %s)", lua_tostring(L, -1));
+    }
+    lua_settop(L, 3);
+    return read_go(L, kind);
+}
+
+/* stream:read_until(sep [, max]): the bytes before sep (sep is consumed) */
+static int lstream_read_until(lua_State *L)
+{
+    size_t seplen = 0;
+    if (lua_type(L, 2) != LUA_TSTRING || (lua_tolstring(L, 2, &seplen), seplen == 0))
+        return bad_arg(L, "read_until", "a non-empty string expected");
+    if (!lua_isnoneornil(L, 3) && (!lua_isinteger(L, 3) || lua_tointeger(L, 3) < 0))
+        return luaL_error(L, "bad argument #2 to 'read_until' (a byte count >= 0 expected)");
+    lua_settop(L, 3);
+    return read_go(L, 'u');
+}
+
+/* stream:read_some([max]): what is there (at least a byte), waiting if nothing is */
+static int lstream_read_some(lua_State *L)
+{
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_pushinteger(L, READ_SOME_MAX);
+    } else if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) <= 0) {
+        return bad_arg(L, "read_some", "a positive byte count expected");
+    }
+    lua_settop(L, 3);
+    return read_go(L, 's');
 }
 
 /*
-** core.stream_write(self, data): the fast path of stream:write for one
-** string: pushed at once. Returns self when done; true when pushed but the
-** queue is above the high mark or the stream failed (the Lua side waits or
-** reports); false when the Lua side must do it all (more arguments, another
-** writer, an error already, a closed stream).
+** stream:write(...): one string goes straight to the socket when nothing is
+** queued, else on the chat's queue; above the high mark (or after an error)
+** the Lua side waits or reports. More arguments, or anything unusual: the
+** Lua side's write.
 */
 static int lstream_write(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    int ok = lua_gettop(L) == 2 && lua_type(L, 2) == LUA_TSTRING;
-    if (ok) {
-        ac_pushkey(L, K_WRITER);
-        ok = lua_rawget(L, 1) == LUA_TNIL;
-        ac_pushkey(L, K_ERR);
-        ok = ok && lua_rawget(L, 1) == LUA_TNIL;
-        ac_pushkey(L, K_WPAUSED);
-        ok = ok && lua_rawget(L, 1) == LUA_TNIL;
-        lua_pop(L, 3);
-        ac_socket *s = ok ? ac_chansock(L, 1) : NULL;
-        ok = s != NULL && !sock_isclosed(s);
+    int n = lua_gettop(L);
+    ac_chat *c = n == 2 && lua_type(L, 2) == LUA_TSTRING ? ac_chat_of(L, 1) : NULL;
+    if (c != NULL && c->stream && !(c->sflags & (STR_ERR | STR_WPAUSED)) && c->writer == NULL) {
+        ac_socket *s = ac_chansock(L, 1);
+        if (s != NULL && !sock_isclosed(s)) {
+            size_t len;
+            const char *p = lua_tolstring(L, 2, &len);
+            if (len > 0 && len <= READ_SOME_MAX && ac_chat_write_now(c, s)) {
+                size_t sent = 0;
+                int err = s->tp->write(s, p, len, &sent);
+                if (err == 0 && sent == len) {
+                    lua_settop(L, 1);
+                    return 1;
+                }
+                if (sent > 0) {              /* the rest goes on the queue */
+                    lua_pushlstring(L, p + sent, len - sent);
+                    lua_replace(L, 2);
+                }
+            }
+            ac_chat_push(L);
+            lua_settop(L, 1);
+            if (!(c->sflags & (STR_WPAUSED | STR_ERR)))
+                return 1;
+            lua_pushvalue(L, lua_upvalueindex(UP_WAIT_WRITABLE));
+            lua_pushvalue(L, 1);
+            lua_callk(L, 1, LUA_MULTRET, 1, slow_k);
+            return slow_k(L, LUA_OK, 1);
+        }
     }
-    if (!ok) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    ac_chat_push(L);
-    ac_pushkey(L, K_WPAUSED);
-    int wait = lua_rawget(L, 1) != LUA_TNIL;
-    ac_pushkey(L, K_ERR);
-    wait = wait || lua_rawget(L, 1) != LUA_TNIL;
-    if (wait)
-        lua_pushboolean(L, 1);
-    else
-        lua_pushvalue(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(UP_SLOW_WRITE));
+    lua_insert(L, 1);
+    lua_callk(L, n, LUA_MULTRET, 0, slow_k);
+    return slow_k(L, LUA_OK, 0);
+}
+
+int ac_stream_readable(lua_State *L, int chan)
+{
+    ac_chat *c = ac_chat_of(L, chan);
+    if (c == NULL || !c->stream || c->reader == NULL)
+        return 0;
+    c->sflags |= STR_READABLE;
+    ac_task_wake(L, c->reader);
     return 1;
+}
+
+/* ---- for the Lua side ---- */
+
+static ac_chat *checkstream(lua_State *L)
+{
+    ac_chat *c = ac_chat_of(L, 1);
+    if (c == NULL || !c->stream)
+        luaL_error(L, "not a stream");
+    return c;
+}
+
+/*
+** core.stream_take(self, kind [, arg [, max]]): kind "n", "l", "L", "a",
+** "some", "until" (see take). Returns the string; or nil, "more" (wait and
+** ask again); nil, "eof" (nothing left); false, "EMSGSIZE" (max passed
+** without the separator).
+*/
+static int lstream_take(lua_State *L)
+{
+    ac_chat *c = checkstream(L);
+    const char *kind = luaL_checkstring(L, 2);
+    int k = kind[0] == 'u' ? 'u' : kind[0];
+    if (k == 'n' || k == 's')
+        luaL_checkinteger(L, 3);
+    if (k == 's')
+        luaL_argcheck(L, lua_tointeger(L, 3) > 0, 3, "a positive size expected");
+    if (k == 'u') {
+        size_t seplen;
+        luaL_checklstring(L, 3, &seplen);
+        luaL_argcheck(L, seplen > 0, 3, "the separator must not be empty");
+        luaL_optinteger(L, 4, 0);
+    }
+    if (strchr("nlLasu", k) == NULL)
+        return luaL_argerror(L, 2, "unknown read kind");
+    lua_settop(L, 4);
+    lua_remove(L, 2);                          /* 1 self, 2 arg, 3 max */
+    int r = take(L, c, ac_chansock(L, 1), k);
+    if (r == TAKE_GOT)
+        return 1;
+    if (r == TAKE_TOOBIG) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "EMSGSIZE");
+        return 2;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, r == TAKE_EOF ? "eof" : "more");
+    return 2;
 }
 
 /* core.stream_buffered(self): bytes read and not taken yet */
 static int lstream_buffered(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    size_t *scanned;
-    ac_buffer *in = ac_chat_stream_input(L, 1, &scanned);
-    lua_pushinteger(L, in ? (lua_Integer)buffer_len(in) : 0);
+    ac_chat *c = ac_chat_of(L, 1);
+    lua_pushinteger(L, c != NULL && c->stream ? (lua_Integer)buffer_len(&c->in) : 0);
     return 1;
+}
+
+/* core.stream_flag(self, name, on): "_err", "_timeout", "_wpaused" */
+static int lstream_flag(lua_State *L)
+{
+    ac_chat *c = checkstream(L);
+    static const char *const names[] = {"_err", "_timeout", "_wpaused", NULL};
+    static const unsigned char bits[] = {STR_ERR, STR_TIMEOUT, STR_WPAUSED};
+    unsigned char bit = bits[luaL_checkoption(L, 2, NULL, names)];
+    if (lua_toboolean(L, 3))
+        c->sflags |= bit;
+    else
+        c->sflags &= (unsigned char)~bit;
+    return 0;
+}
+
+static ac_task **slot_of(lua_State *L, ac_chat *c)
+{
+    static const char *const names[] = {"_reader", "_writer", "_waiter", NULL};
+    switch (luaL_checkoption(L, 2, NULL, names)) {
+    case 0: return &c->reader;
+    case 1: return &c->writer;
+    default: return &c->waiter;
+    }
+}
+
+/*
+** core.stream_slot(self, slot [, on]): slot "_reader", "_writer", "_waiter".
+** Without `on`: is a task waiting there? true: the current task waits there
+** (it must be a task: the stream is on its stack while it waits); false:
+** nobody.
+*/
+static int lstream_slot(lua_State *L)
+{
+    ac_chat *c = checkstream(L);
+    ac_task **slot = slot_of(L, c);
+    if (lua_isnone(L, 3)) {
+        lua_pushboolean(L, *slot != NULL);
+        return 1;
+    }
+    if (lua_toboolean(L, 3)) {
+        ac_task *t = ac_task_current(L);
+        if (t == NULL)
+            return luaL_error(L, "stream: only a task waits on a stream");
+        *slot = t;
+    } else {
+        *slot = NULL;
+    }
+    return 0;
+}
+
+/* core.stream_wake(self, slot): wake the task waiting there, if any */
+static int lstream_wake(lua_State *L)
+{
+    ac_chat *c = checkstream(L);
+    ac_task **slot = slot_of(L, c);
+    if (*slot != NULL)
+        ac_task_wake(L, *slot);
+    return 0;
+}
+
+/* core.stream_methods(Stream, slow_read, slow_write, wait_writable): the C
+** read, read_until, read_some and write go into the class */
+static int lstream_methods(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"read", lstream_read}, {"read_until", lstream_read_until},
+        {"read_some", lstream_read_some}, {"write", lstream_write}, {NULL, NULL}
+    };
+    luaL_checktype(L, 1, LUA_TTABLE);
+    for (int i = 2; i <= 4; i++)
+        luaL_checktype(L, i, LUA_TFUNCTION);
+    lua_settop(L, 4);
+    for (const luaL_Reg *m = methods; m->name; m++) {
+        ac_copyupvalues(L);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        lua_pushvalue(L, 4);
+        lua_pushcclosure(L, m->func, AC_NUP + 3);
+        lua_setfield(L, 1, m->name);
+    }
+    return 0;
 }
 
 static const luaL_Reg stream_funcs[] = {
     {"stream_take", lstream_take}, {"stream_buffered", lstream_buffered},
-    {"stream_read", lstream_read}, {"stream_write", lstream_write},
+    {"stream_flag", lstream_flag}, {"stream_slot", lstream_slot}, {"stream_wake", lstream_wake},
+    {"stream_methods", lstream_methods},
     {NULL, NULL}
 };
 

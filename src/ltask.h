@@ -1,15 +1,30 @@
 /*
-** ltask.h: tasks (ltask.c): coroutines resumed by the loop. A task is a Lua
-** table (asyncore's Task class) holding its coroutine; the core keeps the
-** live ones (so loop() runs while one is alive) and the ready list, and the
-** pass resumes the ready ones with lua_resume after the timers. A task
-** waits by yielding the core's private token; any other yield (a stray
-** coroutine.yield) only lets the others run, and it goes on at the next pass.
+** ltask.h: tasks (ltask.c): coroutines resumed by the loop. A task is a
+** userdata (its C state below; asyncore's Task class is its metatable)
+** holding its coroutine; the core keeps the live ones (so loop() runs while
+** one is alive) and the ready list, and the pass resumes the ready ones with
+** lua_resume after the timers. A task waits by yielding the core's private
+** token; any other yield (a stray coroutine.yield) only lets the others
+** run, and it goes on at the next pass. What waits for a task (a stream's
+** reader, say) keeps its C state: a live task is anchored by the core.
 */
 #ifndef AC_LTASK_H
 #define AC_LTASK_H
 #include "lbind.h"
 #pragma GCC visibility push(hidden)
+
+enum { TS_RUNNING, TS_WAITING, TS_DONE, TS_FAILED, TS_CANCELLED };
+
+typedef struct ac_task {
+    uint64_t magic;         /* AC_TASK_MAGIC */
+    lua_State *co;          /* its coroutine; NULL once it ended */
+    unsigned char status;   /* TS_* */
+    unsigned char ready;    /* on the ready list */
+    unsigned char started;  /* resumed at least once */
+    unsigned char cancel;   /* cancel() asked: the wait it is in raises ECANCELED */
+    unsigned char live;     /* in the live set */
+    unsigned char inside;   /* being resumed now */
+} ac_task;
 
 /* live tasks, and tasks ready to run (the pass does not sleep while one is) */
 int ac_tasks_alive(lua_State *L);
@@ -18,17 +33,17 @@ int ac_tasks_ready(lua_State *L);
 ** message handler's stack index. Returns 1 with the value to re-raise on
 ** top when the loop must end (ExitNow, Ctrl-C in a task), else 0. */
 int ac_tasks_run(lua_State *L, int msgh);
-/* wake the task at t: it goes on the ready list (once) */
-void ac_task_wake(lua_State *L, int t);
-/* push the task whose coroutine is L, or nothing: returns 1 or 0 */
-int ac_task_push_current(lua_State *L);
-/* suspend the calling C function's task: it yields the token (with
-** continuation k and ctx); whoever readies it resumes it. Call it as
-** `return ac_task_wait(L, ctx, k)`; the task table must be at `t`. */
-int ac_task_wait(lua_State *L, int t, lua_KContext ctx, lua_KFunction k);
-/* after a wait: raise ECANCELED if the task at t was cancelled meanwhile */
-void ac_task_check_cancel(lua_State *L, int t);
-/* core.task_start, task_ready, task_cancel_unstarted, task_token */
+/* put a live task on the ready list (once); no Lua call */
+void ac_task_wake(lua_State *L, ac_task *t);
+/* the task whose coroutine is L (running now), or NULL */
+ac_task *ac_task_current(lua_State *L);
+/* suspend the calling C function's task t (current): it yields the token
+** (with continuation k and ctx); whoever readies it resumes it. Call it as
+** `return ac_task_wait(L, t, ctx, k)`. */
+int ac_task_wait(lua_State *L, ac_task *t, lua_KContext ctx, lua_KFunction k);
+/* after a wait: raise ECANCELED if t was cancelled meanwhile */
+void ac_task_check_cancel(lua_State *L, ac_task *t);
+/* core.task_spawn, task_wake, task_cancel, task_suspend, task_current, ... */
 void ac_task_open(lua_State *L, int st, int mt);
 
 #pragma GCC visibility pop

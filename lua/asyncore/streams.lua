@@ -1,11 +1,14 @@
 --- Streams: connections read and written by tasks, in sequential code.
 --
 -- A stream is an async_chat channel in stream mode (src/lchat.c): what it
--- reads is kept in the chat's C buffer, and the task waiting to read is
--- woken from handle_read; the read formats are cut out of that buffer in C
--- (src/lstream.c). Writes are pushes on the chat's queue: a writer suspends
--- while the queue is above write_high_water. Timeouts are timers; TLS is the
--- channel's start_tls. One reader and one writer at a time (EBUSY).
+-- reads is kept in the chat's C buffer. read, read_until, read_some and
+-- write are C functions (src/lstream.c) that do the common case themselves
+-- (a task reading or writing with no timeout and no error) and call the
+-- functions here for the rest: timeouts (timers), the top level of a script,
+-- errors, a writer held while the queue is above write_high_water. The tasks
+-- waiting on a stream are in C slots (core.stream_slot); the state the C
+-- side checks (_err, _timeout, _wpaused) is mirrored there by `set`. TLS is
+-- the channel's start_tls. One reader and one writer at a time (EBUSY).
 --
 -- Loaded by asyncore.open_stream / asyncore.serve on first use.
 local asyncore = require "asyncore"
@@ -17,8 +20,9 @@ local type, tostring, select, error, rawget, rawset, setmetatable, getmetatable 
 local format = string.format
 local T = core._tasks
 local mode, suspend, wake = T.mode, T.suspend, T.wake
-local take, fast_read, fast_write, new_error = core.stream_take, core.stream_read, core.stream_write,
-  core.new_error
+local task_spawn = core.task_spawn
+local take, new_error = core.stream_take, core.new_error
+local stream_flag, stream_slot, stream_wake = core.stream_flag, core.stream_slot, core.stream_wake
 local now, call_later = asyncore.now, asyncore.call_later
 local ETIMEDOUT, EBUSY, EMSGSIZE, ECONNRESET, EPIPE, EIO =
   core.ETIMEDOUT, core.EBUSY, core.EMSGSIZE, core.ECONNRESET, core.EPIPE, core.EIO
@@ -36,9 +40,12 @@ function Stream:init(sock, map)
   core.stream_mode(self)
 end
 
-local function wake_slot(self, slot)
-  local t = rawget(self, slot)
-  if t then wake(t) end
+local wake_slot = stream_wake
+
+-- a field the C side checks too
+local function set(self, k, v)
+  rawset(self, k, v)
+  stream_flag(self, k, v ~= nil)
 end
 
 local function wake_all(self)
@@ -52,22 +59,22 @@ function Stream:found_terminator() end
 function Stream:handle_read_eof() wake_slot(self, "_reader") end
 function Stream:handle_connect() wake_slot(self, "_waiter") end
 function Stream:handle_handshake() wake_slot(self, "_waiter") end
-function Stream:handle_pause_writing() rawset(self, "_wpaused", true) end
+function Stream:handle_pause_writing() set(self, "_wpaused", true) end
 function Stream:handle_resume_writing()
-  rawset(self, "_wpaused", nil)
+  set(self, "_wpaused", nil)
   wake_slot(self, "_writer")
 end
 
 function Stream:handle_write()
   self:initiate_send()
-  if rawget(self, "_writer") and self:out_buffer_size() == 0 then wake_slot(self, "_writer") end
+  if stream_slot(self, "_writer") and self:out_buffer_size() == 0 then wake_slot(self, "_writer") end
 end
 
 -- the connection ended without our asking (reset, refused, a failed
 -- handshake): the error stays for the stream's calls
 function Stream:handle_error(err, traceback)
   if rawget(self, "_err") == nil then
-    rawset(self, "_err", asyncore.is_error(err) and err or new_error(EIO, "stream", tostring(err)))
+    set(self, "_err", asyncore.is_error(err) and err or new_error(EIO, "stream", tostring(err)))
   end
   if not asyncore.is_error(err) then
     self:log_info(format("uncaptured error on %s (%s)\n%s", tostring(self), tostring(err), traceback or ""), "error")
@@ -78,7 +85,7 @@ end
 
 function Stream:handle_close()
   if not rawget(self, "_closing") and rawget(self, "_err") == nil then
-    rawset(self, "_err", new_error(ECONNRESET, "recv"))
+    set(self, "_err", new_error(ECONNRESET, "recv"))
   end
   asyncore.dispatcher.close(self)
   wake_all(self)
@@ -96,21 +103,18 @@ local function wait(self, slot, deadline, fname)
     asyncore.loop { timeout = left and math.min(left, 30) or 30, count = 1, map = rawget(self, "_map") }
     return not deadline or now() < deadline
   end
-  rawset(self, slot, t)
   local timer, fired
   if deadline then
     local left = deadline - now()
-    if left <= 0 then
-      rawset(self, slot, nil)
-      return false
-    end
+    if left <= 0 then return false end
     timer = call_later(left, function() fired = true; wake(t) end)
   end
-  suspend(t, function()
-    rawset(self, slot, nil)
+  stream_slot(self, slot, true)
+  suspend(function()
+    stream_slot(self, slot, false)
     if timer then timer:cancel() end
   end)
-  rawset(self, slot, nil)
+  stream_slot(self, slot, false)
   if timer then timer:cancel() end
   return not fired
 end
@@ -123,7 +127,7 @@ local function deadline_of(self)
 end
 
 local function read(self, kind, arg, max, fname)
-  if rawget(self, "_reader") then return busy(fname) end
+  if stream_slot(self, "_reader") then return busy(fname) end
   local deadline
   while true do
     local r, why = take(self, kind, arg, max)
@@ -137,55 +141,20 @@ local function read(self, kind, arg, max, fname)
   end
 end
 
-local FORMATS = { l = "l", L = "L", a = "a" }
-
---- stream:read([fmt]): as file:read: a byte count, "l", "L" or "a".
-function Stream:read(fmt)
-  if fmt == nil then fmt = "l" end
-  if math.type(fmt) == "integer" then
-    if fmt < 0 then argerror(1, "read", "a byte count >= 0 expected") end
-    local r = fast_read(self, "n", fmt)
-    if r ~= false then return r end
-    return read(self, "n", fmt, nil, "read")
-  end
-  local f = type(fmt) == "string" and FORMATS[fmt:gsub("^%*", "")]
-  if not f then argerror(1, "read", "format \"l\", \"L\", \"a\" or a byte count expected, got " .. tostring(fmt)) end
-  local r = fast_read(self, f)
-  if r ~= false then return r end
-  local err
-  r, err = read(self, f, nil, nil, "read")
-  if r ~= nil then return r end
-  if err == nil and f == "a" then return "" end
-  return nil, err
+-- stream:read([fmt]), read_until(sep [, max]), read_some([max]) are C
+-- functions (src/lstream.c) with their arguments checked; what they do not
+-- do themselves comes here: kind "n", "l", "L", "a", "some" or "until".
+local function slow_read(self, kind, arg, max, fname)
+  local r, err = read(self, kind, arg, max, fname)
+  if err ~= nil then return nil, err end
+  if r == nil and kind == "a" then return "" end
+  return r
 end
 
---- stream:read_until(sep [, max]): the bytes before sep (sep is consumed).
-function Stream:read_until(sep, max)
-  if type(sep) ~= "string" or sep == "" then argerror(1, "read_until", "a non-empty string expected") end
-  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
-    argerror(2, "read_until", "a byte count >= 0 expected")
-  end
-  local r = fast_read(self, "until", sep, max)
-  if r ~= false then return r end
-  return read(self, "until", sep, max, "read_until")
-end
-
---- stream:read_some([max]): what is there (at least a byte), waiting if nothing is.
-function Stream:read_some(max)
-  if max ~= nil and (math.type(max) ~= "integer" or max <= 0) then
-    argerror(1, "read_some", "a positive byte count expected")
-  end
-  local r = fast_read(self, "some", max or 65536)
-  if r ~= false then return r end
-  return read(self, "some", max or 65536, nil, "read_some")
-end
-
---- stream:write(...): queues the strings (numbers too); suspends while the
--- queue is above write_high_water. The stream, or nil and an error.
-function Stream:write(...)
-  local r = fast_write(self, ...)
-  if r == self then return self end
-  if r then return self:_wait_writable() end   -- pushed; above the mark, or failed
+-- stream:write(...) is a C function: it writes one string itself; the rest
+-- comes here. Queues the strings (numbers too); suspends while the queue is
+-- above write_high_water. The stream, or nil and an error.
+local function slow_write(self, ...)
   local n = select("#", ...)
   for i = 1, n do
     local v = select(i, ...)
@@ -193,7 +162,7 @@ function Stream:write(...)
       argerror(i, "write", "string expected, got " .. type(v))
     end
   end
-  if rawget(self, "_writer") then return busy("write") end
+  if stream_slot(self, "_writer") then return busy("write") end
   local err = rawget(self, "_err")
   if err then return nil, err end
   if self:fileno() == nil then return nil, new_error(EPIPE, "write", "the stream is closed") end
@@ -219,9 +188,11 @@ function Stream:_wait_writable()
   return self
 end
 
+core.stream_methods(Stream, slow_read, slow_write, Stream._wait_writable)
+
 --- stream:flush(): waits until everything queued is sent.
 function Stream:flush()
-  if rawget(self, "_writer") then return busy("flush") end
+  if stream_slot(self, "_writer") then return busy("flush") end
   local deadline
   while self:out_buffer_size() > 0 and self:fileno() do
     local err = rawget(self, "_err")
@@ -239,7 +210,7 @@ function Stream:settimeout(seconds)
   if seconds ~= nil and (type(seconds) ~= "number" or seconds ~= seconds or seconds < 0) then
     argerror(1, "settimeout", "seconds: a number >= 0 or nil expected, got " .. tostring(seconds))
   end
-  rawset(self, "_timeout", seconds)
+  set(self, "_timeout", seconds)
   return self
 end
 
@@ -346,11 +317,15 @@ function Server:handle_accepted(sock, addr)
   local s = Stream(sock, rawget(self, "_smap"))
   local handler, tls = rawget(self, "_handler"), rawget(self, "_tls")
   if tls then asynchat.async_chat.start_tls(s, tls) end
-  asyncore.spawn(function()
-    local guard <close> = s                 -- the stream closes when the handler ends
-    if tls and not s:_handshake("serve") then return end
-    return handler(s, addr)
-  end)
+  -- the task closes the stream when it ends (it guards it)
+  if tls then
+    task_spawn(s, function()
+      if not s:_handshake("serve") then return end
+      return handler(s, addr)
+    end)
+  else
+    task_spawn(s, handler, s, addr)
+  end
 end
 
 function M.serve(host, port, handler, opts)

@@ -10,23 +10,25 @@
 --
 -- Installed into the asyncore module by asyncore.lua: `require "asyncore"`.
 return function(M, core)
-  local type, error, select, setmetatable, tostring, xpcall = type, error, select, setmetatable, tostring, xpcall
-  local running, yield, pack, unpack = coroutine.running, coroutine.yield, table.pack, table.unpack
+  local type, error, tostring, getmetatable = type, error, tostring, getmetatable
+  local unpack = table.unpack
   local format = string.format
-  local task_start, task_ready, task_finish = core.task_start, core.task_ready, core.task_finish
-  local TOKEN = core.task_token()
+  local task_spawn, task_cancel = core.task_spawn, core.task_cancel
   local new_error = core.new_error
   local ECANCELED, ETIMEDOUT = core.ECANCELED, core.ETIMEDOUT
   local loop_depth = core.loop_depth
 
   local current = core.task_current   -- the task of the running coroutine (kept in C)
 
+  -- the tasks' metatable: a task is a userdata of the core's (status and
+  -- flags in C); task.status and the fields below are read through the
+  -- __index the core installs
   local Task = {}
-  Task.__index = Task
   Task.__name = "asyncore.task"
   function Task:__tostring()
     return format("<asyncore.task %s at %p>", tostring(self.status), self)
   end
+  core.task_class(Task)
 
   local function argerror(n, fname, msg)
     error(format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
@@ -53,20 +55,12 @@ return function(M, core)
     return "top"
   end
 
-  --- Suspend the current task until something wakes it (callers check
-  -- again what they wait for); when it was cancelled instead, `undo()` (if
-  -- given) runs and the call raises ECANCELED.
-  local function suspend(t, undo)
-    t.status = "waiting"
-    yield(TOKEN)
-    if t._cancel then
-      t._cancel = nil
-      if undo then undo() end
-      error(new_error(ECANCELED, "cancelled"), 0)
-    end
-  end
+  --- suspend([undo]): suspend the current task until something wakes it
+  -- (callers check again what they wait for); when it was cancelled
+  -- instead, `undo()` (if given) runs and the call raises ECANCELED.
+  local suspend = core.task_suspend
 
-  local wake = task_ready
+  local wake = core.task_wake
 
   -- the top level: run the loop until pred() or the deadline (seconds, or nil)
   local function run_until(pred, deadline)
@@ -88,10 +82,7 @@ return function(M, core)
       local mt = getmetatable(fn)
       if not (mt and mt.__call) then argerror(1, "spawn", "function expected, got " .. type(fn)) end
     end
-    local args = pack(...)
-    local t = setmetatable({ status = "running" }, Task)
-    task_start(t, function() return fn(unpack(args, 1, args.n)) end)
-    return t
+    return task_spawn(nil, fn, ...)
   end
 
   --- sleep(seconds): suspends the task (at the top level: runs the loop) for that long.
@@ -106,7 +97,7 @@ return function(M, core)
     local fired = false
     local timer = M.call_later(seconds, function() fired = true; wake(t) end)
     local function undo() timer:cancel() end
-    repeat suspend(t, undo) until fired
+    repeat suspend(undo) until fired
   end
 
   local function outcome(t)
@@ -156,13 +147,7 @@ return function(M, core)
     end
     -- the joined task's end wakes us (the core readies its joiners)
     while true do
-      me.status = "waiting"
-      yield(TOKEN)
-      if me._cancel then
-        me._cancel = nil
-        leave()
-        error(new_error(ECANCELED, "cancelled"), 0)
-      end
+      suspend(leave)
       if ended(self) then
         leave()
         return outcome(self)
@@ -178,13 +163,7 @@ return function(M, core)
   -- started yet never runs; an ended task is left as it is.
   function Task:cancel()
     if getmetatable(self) ~= Task then argerror(1, "cancel", "task expected, got " .. type(self)) end
-    if ended(self) then return end
-    if not self._started then
-      task_finish(self, "cancelled")
-      return
-    end
-    self._cancel = true
-    if running() ~= self.co then task_ready(self) end
+    task_cancel(self)
   end
 
   --- Where an error that escapes a task goes; a script may replace it.
