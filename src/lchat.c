@@ -196,7 +196,7 @@ static int chat_gc(lua_State *L)
 /* core.chat_new(): a fresh chat state */
 static int lchat_new(lua_State *L)
 {
-    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);   /* 1: the output queue */
+    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 2);   /* 1: the output queue, 2: a stream's socket */
     memset(c, 0, sizeof *c);
     c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
@@ -268,6 +268,23 @@ void ac_chat_after_error(lua_State *L, int chan)
 
 /* lmode.c calls it when the channel joins a map: mark the socket with the
 ** queue state */
+/* a stream's chat keeps its socket (c->sock, anchored as its user value 2):
+** the stream's reads and writes need no lookup. ci: the chat's index */
+static void stream_bind(lua_State *L, ac_chat *c, int ci, int chan)
+{
+    ci = lua_absindex(L, ci);
+    ac_pushkey(L, K_SOCKET);
+    lua_rawget(L, chan);
+    ac_socket *s = ac_tosock(L, -1);
+    if (s == NULL) {
+        lua_pop(L, 1);
+        return;
+    }
+    s->flags |= SF_STREAM;
+    c->sock = s;
+    lua_setiuservalue(L, ci, 2);
+}
+
 static void chat_attach(lua_State *L, int chan, ac_socket *s)
 {
     ac_pushkey(L, K_CHAT);
@@ -278,7 +295,7 @@ static void chat_attach(lua_State *L, int chan, ac_socket *s)
     else
         s->flags &= ~SF_CHAT_PENDING;
     if (c && c->stream)
-        s->flags |= SF_STREAM;
+        stream_bind(L, c, -1, chan);
     lua_pop(L, 1);
 }
 
@@ -1051,11 +1068,10 @@ int ac_chat_write_now(ac_chat *c, ac_socket *s)
 /* core.stream_mode(self): the channel's input is kept for its tasks, not framed */
 static int lchat_stream_mode(lua_State *L)
 {
-    ac_chat *c = checkchat(L, 1, "stream");
+    lua_settop(L, 1);
+    ac_chat *c = checkchat(L, 1, "stream");   /* 2: the chat */
     c->stream = 1;
-    ac_socket *s = ac_chansock(L, 1);
-    if (s != NULL)
-        s->flags |= SF_STREAM;
+    stream_bind(L, c, 2, 1);
     return 0;
 }
 

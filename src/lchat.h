@@ -40,6 +40,8 @@ typedef struct ac_chat {
     ** handshake. Each waits with the stream on its own stack (anchored) and
     ** clears its slot when it goes on. */
     ac_task *reader, *writer, *waiter;
+    ac_socket *sock;         /* a stream's socket, the last one its channel attached
+                                (the chat holds it), or NULL */
 } ac_chat;
 
 /* the chat state of the channel at chan (self._chat), or NULL */

@@ -180,15 +180,26 @@ static int read_socket(lua_State *L, ac_chat *c, ac_socket *s, int kind)
 
 static int read_k(lua_State *L, int status, lua_KContext kind);
 
-/* a read with the stack normalized to 1 self, 2 arg, 3 max */
-static int read_go(lua_State *L, int kind)
+/* the chat of the stream at 1 (or NULL), remembered by the task t */
+static ac_chat *stream_chat(lua_State *L, ac_task *t)
 {
+    if (t != NULL && t->akey == lua_topointer(L, 1) && t->akey != NULL)
+        return t->aval;
     ac_chat *c = ac_chat_of(L, 1);
+    if (t != NULL && c != NULL && c->stream)
+        ac_task_anchor(L, t, 1, c);
+    return c;
+}
+
+#define stream_sock(L, c) ((c)->sock != NULL ? (c)->sock : ac_chansock(L, 1))
+
+/* a read of task t (or NULL) with the stack normalized to 1 self, 2 arg, 3 max */
+static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
+{
     if (c == NULL || !c->stream || (c->sflags & (STR_ERR | STR_TIMEOUT)) || c->reader != NULL)
         return read_slow(L, kind);
-    ac_task *t = ac_task_current(L);
+    ac_socket *s = stream_sock(L, c);
     for (;;) {
-        ac_socket *s = ac_chansock(L, 1);
         int r = take(L, c, s, kind);
         if (r == TAKE_GOT)
             return 1;
@@ -221,11 +232,11 @@ static int read_k(lua_State *L, int status, lua_KContext kind)
 {
     (void)status;
     ac_task *t = ac_task_current(L);
-    ac_chat *c = ac_chat_of(L, 1);
+    ac_chat *c = stream_chat(L, t);
     if (c != NULL && c->reader == t)
         c->reader = NULL;
     ac_task_check_cancel(L, t);
-    return read_go(L, (int)kind);
+    return read_go(L, (int)kind, t, c);
 }
 
 static int bad_arg(lua_State *L, const char *fname, const char *msg)
@@ -258,7 +269,8 @@ static int lstream_read(lua_State *L)
                           "expected, got %s)", lua_tostring(L, -1));
     }
     lua_settop(L, 3);
-    return read_go(L, kind);
+    ac_task *t = ac_task_current(L);
+    return read_go(L, kind, t, stream_chat(L, t));
 }
 
 /* stream:read_until(sep [, max]): the bytes before sep (sep is consumed) */
@@ -270,7 +282,8 @@ static int lstream_read_until(lua_State *L)
     if (!lua_isnoneornil(L, 3) && (!lua_isinteger(L, 3) || lua_tointeger(L, 3) < 0))
         return luaL_error(L, "bad argument #2 to 'read_until' (a byte count >= 0 expected)");
     lua_settop(L, 3);
-    return read_go(L, 'u');
+    ac_task *t = ac_task_current(L);
+    return read_go(L, 'u', t, stream_chat(L, t));
 }
 
 /* stream:read_some([max]): what is there (at least a byte), waiting if nothing is */
@@ -283,7 +296,8 @@ static int lstream_read_some(lua_State *L)
         return bad_arg(L, "read_some", "a positive byte count expected");
     }
     lua_settop(L, 3);
-    return read_go(L, 's');
+    ac_task *t = ac_task_current(L);
+    return read_go(L, 's', t, stream_chat(L, t));
 }
 
 /*
@@ -295,9 +309,9 @@ static int lstream_read_some(lua_State *L)
 static int lstream_write(lua_State *L)
 {
     int n = lua_gettop(L);
-    ac_chat *c = n == 2 && lua_type(L, 2) == LUA_TSTRING ? ac_chat_of(L, 1) : NULL;
+    ac_chat *c = n == 2 && lua_type(L, 2) == LUA_TSTRING ? stream_chat(L, ac_task_current(L)) : NULL;
     if (c != NULL && c->stream && !(c->sflags & (STR_ERR | STR_WPAUSED)) && c->writer == NULL) {
-        ac_socket *s = ac_chansock(L, 1);
+        ac_socket *s = stream_sock(L, c);
         if (s != NULL && !sock_isclosed(s)) {
             size_t len;
             const char *p = lua_tolstring(L, 2, &len);

@@ -27,7 +27,7 @@
 #include "lerror.h"
 
 #define AC_TASK_MAGIC UINT64_C(0x6c75612d61632d74)   /* "lua-ac-t": see AC_SOCK_MAGIC */
-enum { UVT_CO = 1, UVT_DATA, UVT_GUARD, UVT_COUNT = UVT_GUARD };
+enum { UVT_CO = 1, UVT_DATA, UVT_GUARD, UVT_ANCHOR, UVT_COUNT = UVT_ANCHOR };
 
 static char token;   /* its address is what a waiting task yields */
 
@@ -135,6 +135,17 @@ ac_task *ac_task_current(lua_State *L)
 {
     ac_state *S = STATE(L);
     return S->cur_co == L ? S->cur_task : NULL;
+}
+
+void ac_task_anchor(lua_State *L, ac_task *t, int idx, void *val)
+{
+    idx = lua_absindex(L, idx);
+    push_task(L, t);
+    lua_pushvalue(L, idx);
+    lua_setiuservalue(L, -2, UVT_ANCHOR);
+    lua_pop(L, 1);
+    t->akey = lua_topointer(L, idx);
+    t->aval = val;
 }
 
 int ac_task_wait(lua_State *L, ac_task *t, lua_KContext ctx, lua_KFunction k)

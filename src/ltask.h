@@ -24,6 +24,11 @@ typedef struct ac_task {
     unsigned char cancel;   /* cancel() asked: the wait it is in raises ECANCELED */
     unsigned char live;     /* in the live set */
     unsigned char inside;   /* being resumed now */
+    /* what the task last resolved (a stream's chat from the stream table,
+    ** lstream.c): akey is the object's address, aval what it resolves to;
+    ** the task anchors the object, so the address cannot be reused */
+    const void *akey;
+    void *aval;
 } ac_task;
 
 /* live tasks, and tasks ready to run (the pass does not sleep while one is) */
@@ -43,6 +48,9 @@ ac_task *ac_task_current(lua_State *L);
 int ac_task_wait(lua_State *L, ac_task *t, lua_KContext ctx, lua_KFunction k);
 /* after a wait: raise ECANCELED if t was cancelled meanwhile */
 void ac_task_check_cancel(lua_State *L, ac_task *t);
+/* remember that the object at idx resolves to val (t->akey, t->aval); the
+** task anchors the object */
+void ac_task_anchor(lua_State *L, ac_task *t, int idx, void *val);
 /* core.task_spawn, task_wake, task_cancel, task_suspend, task_current, ... */
 void ac_task_open(lua_State *L, int st, int mt);
 
