@@ -205,9 +205,19 @@ static int lchat_new(lua_State *L)
     c->kind = TERM_NONE;
     c->head = c->tail = 1;
     luaL_setmetatable(L, CHAT_MT);
+    return 1;                   /* the queue is made when first needed (push_queue) */
+}
+
+/* push the output queue of the chat at ci (its user value 1), made on first use */
+static void push_queue(lua_State *L, int ci)
+{
+    if (lua_getiuservalue(L, ci, 1) == LUA_TTABLE)
+        return;
+    ci = lua_absindex(L, ci - (ci < 0));   /* the nil pushed shifts a relative index */
+    lua_pop(L, 1);
     lua_newtable(L);
-    lua_setiuservalue(L, -2, 1);
-    return 1;
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, ci, 1);
 }
 
 #define queue_empty(c) ((c)->head == (c)->tail)
@@ -221,7 +231,7 @@ static void batch_to_queue(lua_State *L, ac_chat *c, int ci)
 {
     if (buffer_len(&c->batch) == 0)
         return;
-    lua_getiuservalue(L, ci, 1);
+    push_queue(L, ci);
     lua_pushlstring(L, buffer_begin(&c->batch), buffer_len(&c->batch));
     lua_rawseti(L, -2, c->tail++);
     lua_pop(L, 1);
@@ -370,7 +380,7 @@ static int lchat_get_data(lua_State *L)
 static void drop_output(lua_State *L, ac_chat *c, int ci)
 {
     buffer_clear(&c->batch);
-    lua_newtable(L);
+    lua_pushnil(L);
     lua_setiuservalue(L, ci, 1);
     c->head = c->tail = 1;
     c->head_off = 0;
@@ -677,7 +687,7 @@ static void enqueue(lua_State *L, ac_chat *c)
     batch_to_queue(L, c, 3);
     if (lua_type(L, 2) == LUA_TSTRING)
         c->queued += lua_rawlen(L, 2);
-    lua_getiuservalue(L, 3, 1);
+    push_queue(L, 3);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
     lua_settop(L, 3);
@@ -776,7 +786,7 @@ static int lchat_push(lua_State *L)
         lua_pushboolean(L, 1);              /* all of it went out: nothing queued */
         return 1;
     }
-    lua_getiuservalue(L, 3, 1);
+    push_queue(L, 3);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, c->tail++);
     c->head_off = sent;
@@ -822,7 +832,7 @@ static int lchat_push_with_producer(lua_State *L)
 static void queue_mark(lua_State *L, ac_chat *c, int shut)
 {
     batch_to_queue(L, c, 2);
-    lua_getiuservalue(L, 2, 1);
+    push_queue(L, 2);
     lua_pushboolean(L, shut);
     lua_rawseti(L, -2, c->tail++);
     lua_pop(L, 1);
@@ -946,7 +956,7 @@ static int lchat_initiate_send(lua_State *L)
 static int initiate_send(lua_State *L, ac_chat *c)
 {
     batch_to_queue(L, c, 2);
-    lua_getiuservalue(L, 2, 1);                       /* 3: the queue */
+    push_queue(L, 2);                       /* 3: the queue */
     lua_Integer obs = chat_size(L, c, K_AC_OUT_BUFFER_SIZE, chat_class(L, c));
     ac_pushkey(L, K_SOCKET);
     lua_rawget(L, 1);                                 /* 4: the socket (anchors s) */
@@ -1093,7 +1103,7 @@ void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefi
         lua_settop(L, top);
         return;
     }
-    lua_getiuservalue(L, top + 1, 1);                    /* top+2: the queue */
+    push_queue(L, top + 1);                    /* top+2: the queue */
     for (lua_Integer k = c->head; k < c->tail; k++)
         if (lua_rawgeti(L, top + 2, k) == LUA_TBOOLEAN)
             luaL_error(L, "start_tls: close_when_done() or shutdown_when_done() is queued");

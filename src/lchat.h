@@ -17,7 +17,6 @@ typedef struct ac_chat {
     ac_buffer collected;    /* the stock collect_incoming_data's store */
     ac_buffer batch;        /* small pushes of the batch being framed, copied together
                                while the queue is empty (they precede the queue) */
-    int kind;               /* TERM_* */
     char *term;             /* TERM_STRING: the bytes */
     size_t termlen;
     lua_Integer count;      /* TERM_COUNT: bytes still expected */
@@ -25,13 +24,14 @@ typedef struct ac_chat {
     lua_Integer head, tail; /* the FIFO: keys head .. tail-1 of the user value */
     size_t head_off;        /* bytes of the head string already sent */
     size_t queued;          /* bytes waiting: the batch, the queue's strings (less head_off) */
-    unsigned char close_queued; /* close_when_done(): 1 queued, 2 reached (handle_close runs) */
-    unsigned char shut;     /* shutdown_when_done() was asked: nothing more may be pushed */
     /* what the channel's class says, read once per class version (see chat_class) */
     const void *cls;        /* the instance's dispatch table when read, or NULL */
-    uint32_t cls_version;
     lua_Integer cls_in_size, cls_out_size;
-    int cls_collect_stock, cls_initiate_stock;
+    uint32_t cls_version;
+    unsigned char cls_collect_stock, cls_initiate_stock;
+    unsigned char kind;     /* TERM_* */
+    unsigned char close_queued; /* close_when_done(): 1 queued, 2 reached (handle_close runs) */
+    unsigned char shut;     /* shutdown_when_done() was asked: nothing more may be pushed */
     unsigned char finalized; /* its __gc ran and freed the buffers */
     unsigned char framing;   /* handle_read is delivering frames: pushes wait for its end */
     unsigned char stream;    /* a task stream (lstream.c): input is kept in `in`, not framed */

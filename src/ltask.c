@@ -15,8 +15,10 @@
 **
 ** A task is a userdata: the C state (status and flags, read without a
 ** table lookup on every wake and resume) with three user values: its
-** coroutine, a table for the Lua side's fields (results, error, joiners,
-** and whatever a script stores on it), and the object it guards.
+** coroutine, the object it is bound to (what it guards, closed when it
+** ends; else the object it last resolved: ac_task_anchor), and a table for
+** the Lua side's fields (results, error, joiners, and whatever a script
+** stores on it), made when first needed.
 */
 #include "config.h"
 #include <errno.h>
@@ -27,7 +29,9 @@
 #include "lerror.h"
 
 #define AC_TASK_MAGIC UINT64_C(0x6c75612d61632d74)   /* "lua-ac-t": see AC_SOCK_MAGIC */
-enum { UVT_CO = 1, UVT_DATA, UVT_GUARD, UVT_ANCHOR, UVT_COUNT = UVT_ANCHOR };
+/* the user values: the coroutine; the object the task is bound to (what it
+** guards when t->guarded, else what it last resolved); its field table */
+enum { UVT_CO = 1, UVT_BOUND, UVT_DATA, UVT_COUNT = UVT_DATA };
 
 static char token;   /* its address is what a waiting task yields */
 
@@ -141,8 +145,18 @@ void ac_task_anchor(lua_State *L, ac_task *t, int idx, void *val)
 {
     idx = lua_absindex(L, idx);
     push_task(L, t);
-    lua_pushvalue(L, idx);
-    lua_setiuservalue(L, -2, UVT_ANCHOR);
+    lua_getiuservalue(L, -1, UVT_BOUND);
+    int bound = lua_rawequal(L, -1, idx);
+    lua_pop(L, 1);
+    if (!bound && !t->guarded) {
+        lua_pushvalue(L, idx);
+        lua_setiuservalue(L, -2, UVT_BOUND);
+    } else if (!bound) {                    /* it guards something else: keep it there */
+        push_data(L, lua_gettop(L), 1);
+        lua_pushvalue(L, idx);
+        lua_setfield(L, -2, "_anchor");
+        lua_pop(L, 1);
+    }
     lua_pop(L, 1);
     t->akey = lua_topointer(L, idx);
     t->aval = val;
@@ -219,9 +233,10 @@ static void finish(lua_State *L, int ti, ac_task *t, int status)
         }
         lua_pop(L, 2);
     }
-    if (lua_getiuservalue(L, ti, UVT_GUARD) != LUA_TNIL) {
+    if (t->guarded && lua_getiuservalue(L, ti, UVT_BOUND) != LUA_TNIL) {
+        t->guarded = 0;
         lua_pushnil(L);
-        lua_setiuservalue(L, ti, UVT_GUARD);
+        lua_setiuservalue(L, ti, UVT_BOUND);
         lua_getfield(L, -1, "close");       /* guard:close() */
         lua_insert(L, -2);
         if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -229,7 +244,7 @@ static void finish(lua_State *L, int ti, ac_task *t, int status)
             fflush(stderr);
             lua_pop(L, 2);
         }
-    } else {
+    } else if (t->guarded) {
         lua_pop(L, 1);
     }
 }
@@ -357,7 +372,8 @@ static int ltask_spawn(lua_State *L)
     lua_setiuservalue(L, n + 1, UVT_CO);
     if (!lua_isnil(L, 1)) {
         lua_pushvalue(L, 1);
-        lua_setiuservalue(L, n + 1, UVT_GUARD);
+        lua_setiuservalue(L, n + 1, UVT_BOUND);
+        t->guarded = 1;
     }
     t->co = co;
     TASKS(L);

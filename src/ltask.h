@@ -24,6 +24,7 @@ typedef struct ac_task {
     unsigned char cancel;   /* cancel() asked: the wait it is in raises ECANCELED */
     unsigned char live;     /* in the live set */
     unsigned char inside;   /* being resumed now */
+    unsigned char guarded;  /* it closes what it is bound to when it ends */
     /* what the task last resolved (a stream's chat from the stream table,
     ** lstream.c): akey is the object's address, aval what it resolves to;
     ** the task anchors the object, so the address cannot be reused */

@@ -324,7 +324,7 @@ function Server:handle_accepted(sock, addr)
       return handler(s, addr)
     end)
   else
-    task_spawn(s, handler, s, addr)
+    task_spawn(s, handler, s, rawget(s, "addr") or addr)   -- one address table, the stream's
   end
 end
 
