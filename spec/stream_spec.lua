@@ -138,6 +138,42 @@ describe("streams", function()
     p.kill()
   end)
 
+  it("a reset while a task waits to read: nil and ECONNRESET, after what came before it", function()
+    local p, port = pieces("--reset", "first\\n")
+    local line, r, err = run(function()
+      local c = assert(asyncore.open_stream("127.0.0.1", port))
+      local l = c:read()
+      local r2, e2 = c:read_some()           -- waits: the peer resets meanwhile
+      c:close()
+      return l, r2, e2
+    end)
+    assert.equal("first", line)
+    assert.is_nil(r)
+    assert.is_true(asyncore.is_error(err, "ECONNRESET"), tostring(err))
+    p.wait_line("reset")
+    p.kill()
+  end)
+
+  it("serve closes the stream when its handler fails, and the error is reported", function()
+    local reported
+    local old = asyncore.handle_task_error
+    asyncore.handle_task_error = function(task, e) reported = tostring(e) end
+    local srv = asyncore.serve("127.0.0.1", 0, function(s)
+      s:write("before the failure\n")
+      error("handler broke")
+    end)
+    local got = run(function()
+      local c = assert(asyncore.open_stream("127.0.0.1", srv.port))
+      local all = c:read("a")
+      c:close()
+      return all
+    end)
+    asyncore.handle_task_error = old
+    srv:close()
+    assert.equal("before the failure\n", got)
+    assert.matches("handler broke", reported)
+  end)
+
   it("settimeout: a read times out with ETIMEDOUT, and the stream stays usable", function()
     local p, port = pieces("late\\n")
     local e, line = run(function()
