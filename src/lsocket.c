@@ -136,7 +136,7 @@ ac_socket *ac_chan_same(lua_State *L, int chan, uint32_t gen)
 
 ac_socket *ac_newsock(lua_State *L)
 {
-    ac_socket *s = lua_newuserdatauv(L, sizeof *s, 1);
+    ac_socket *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->magic = AC_SOCK_MAGIC;
     s->fd = -1;
