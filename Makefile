@@ -89,7 +89,7 @@ bench: $(SO)
 install: $(SO)
 	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore
 	install -m 644 lua/*.lua $(DESTDIR)$(LUADIR)/
-	install -m 644 lua/asyncore/class.lua lua/asyncore/tasks.lua lua/asyncore/streams.lua $(DESTDIR)$(LUADIR)/asyncore/
+	install -m 644 lua/asyncore/class.lua lua/asyncore/tasks.lua lua/asyncore/streams.lua lua/asyncore/service.lua $(DESTDIR)$(LUADIR)/asyncore/
 	install -m 755 $(SO) $(DESTDIR)$(CMODDIR)/asyncore/
 
 uninstall:

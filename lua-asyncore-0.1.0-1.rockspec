@@ -39,7 +39,7 @@ build = {
       sources = {
         "src/buffer.c", "src/clock.c", "src/errnames.c", "src/lbind.c", "src/lchan.c",
         "src/lchat.c", "src/lcore.c", "src/lerror.c", "src/lflow.c", "src/lloop.c", "src/lmode.c",
-        "src/lreg.c", "src/lresolve.c", "src/lsocket.c", "src/lstream.c", "src/ltask.c", "src/ltimeout.c", "src/ltimer.c", "src/ltls.c", "src/poller.c", "src/poller_epoll.c",
+        "src/lreg.c", "src/lresolve.c", "src/lsignal.c", "src/lsocket.c", "src/lstream.c", "src/ltask.c", "src/ltimeout.c", "src/ltimer.c", "src/ltls.c", "src/poller.c", "src/poller_epoll.c",
         "src/poller_kqueue.c", "src/poller_poll.c", "src/poller_select.c", "src/sock.c",
         "src/timerheap.c",
       },
@@ -51,6 +51,7 @@ build = {
     asyncore = "lua/asyncore.lua",
     ["asyncore.class"] = "lua/asyncore/class.lua",
     ["asyncore.tasks"] = "lua/asyncore/tasks.lua",
+    ["asyncore.service"] = "lua/asyncore/service.lua",
     ["asyncore.streams"] = "lua/asyncore/streams.lua",
     asynchat = "lua/asynchat.lua",
   },

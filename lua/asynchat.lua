@@ -41,6 +41,11 @@ function async_chat:handle_read_eof()
   self:close_when_done()
 end
 
+--- asyncore.shutdown(): what is queued (producers too) is still sent, then it closes.
+function async_chat:handle_shutdown()
+  self:close_when_done()
+end
+
 --- More than max_in_buffer bytes arrived without a terminator: log, then
 -- end like every other path that ends a connection, in handle_close().
 function async_chat:handle_overflow()

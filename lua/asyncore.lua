@@ -97,7 +97,9 @@ function M.loop(timeout, use_poll, map, count)
   end
   if count ~= nil and count <= 0 then return end
   if backend == nil then backend = use_poll and "poll" or "auto" end
-  return core.loop(map or M.socket_map, timeout, count, backend)
+  map = map or M.socket_map
+  core.loop(map, timeout, count, backend)
+  core._after_loop(map)
 end
 
 local function one_pass(backend, fname)
@@ -791,6 +793,11 @@ function dispatcher:handle_read_eof()
   self:close()
 end
 
+--- asyncore.shutdown() asks the channel to end: the default closes it.
+function dispatcher:handle_shutdown()
+  self:close()
+end
+
 M.dispatcher = dispatcher
 
 ---------------------------------------------------------------------------
@@ -804,6 +811,11 @@ for name, fn in pairs(core.dispatcher_with_send) do dispatcher_with_send[name] =
 --- The peer finished sending (only with allow_half_open): what is queued is
 -- sent, then the channel closes.
 function dispatcher_with_send:handle_read_eof()
+  self:close_when_done()
+end
+
+--- asyncore.shutdown(): what is queued is still sent, then the channel closes.
+function dispatcher_with_send:handle_shutdown()
   self:close_when_done()
 end
 M.dispatcher_with_send = dispatcher_with_send
@@ -836,6 +848,8 @@ M.file_dispatcher = file_dispatcher
 
 -- tasks: spawn, sleep, join, cancel (lua/asyncore/tasks.lua)
 core._tasks = require("asyncore.tasks")(M, core)
+-- signals, shutdown, workers, embedding (lua/asyncore/service.lua)
+require("asyncore.service")(M, core)
 
 -- streams (lua/asyncore/streams.lua, loaded on first use: it builds on asynchat)
 --- open_stream(host, port [, opts]): connects; a stream, or nil and an error.

@@ -1,7 +1,7 @@
 -- The binding layer's files depend on each other one way: each l*.c and l*.h
 -- includes only the headers of files below it in this order (src/README.md),
 -- and the plain-C floor includes no binding header and no Lua header.
-local ORDER = { "lbind", "lerror", "ltransport", "lsocket", "lreg", "ltimeout", "lresolve", "lflow", "lmode", "ltimer", "ltask", "lchan",
+local ORDER = { "lbind", "lerror", "ltransport", "lsocket", "lreg", "ltimeout", "lresolve", "lsignal", "lflow", "lmode", "ltimer", "ltask", "lchan",
   "lchat", "lstream", "ltls", "lloop", "lcore" }
 local FLOOR = { "sock", "buffer", "timerheap", "clock", "errnames", "poller", "poller_select",
   "poller_poll", "poller_epoll", "poller_kqueue", "ac", "config" }

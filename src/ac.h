@@ -26,6 +26,8 @@
 #define AC_EV_HUP   0x08u
 #define AC_EV_ERR   0x10u
 #define AC_EV_TIMEOUT 0x20u  /* not from a poller: a channel's timeout expired (ltimeout.c) */
+#define AC_EV_EXCL  0x40u    /* interest only: a listener shared by processes; epoll wakes one
+                                waiter (EPOLLEXCLUSIVE), the other backends ignore it */
 
 /* one fired event, as every backend reports it */
 struct ac_fired {

@@ -49,6 +49,7 @@ typedef struct ac_state {
     struct ac_task *cur_task; /* the task being resumed, and its coroutine */
     lua_State *cur_co;
     int loop_depth;         /* loop() calls under way (lloop.c) */
+    int handled;            /* events handled by the last loop() (asyncore.step) */
 } ac_state;
 
 #define STATE(L) ((ac_state *)lua_touserdata(L, lua_upvalueindex(1)))

@@ -20,6 +20,7 @@
 #include "lchan.h"
 #include "lchat.h"
 #include "lstream.h"
+#include "lsignal.h"
 #include "ltls.h"
 #include "lloop.h"
 
@@ -132,6 +133,7 @@ AC_API int luaopen_asyncore_core(lua_State *L)
     ac_reg_open(L, st, mt);
     ac_timeout_open(L, st, mt);
     ac_resolve_open(L, st, mt);
+    ac_signal_open(L, st, mt);
     ac_flow_open(L, st, mt);
     ac_mode_open(L, st, mt);
     ac_timer_open(L, st, mt);

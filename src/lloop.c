@@ -28,6 +28,7 @@
 #include "lchan.h"
 #include "lchat.h"
 #include "lresolve.h"
+#include "ltimeout.h"
 #include "ltask.h"
 #include "lstream.h"
 
@@ -365,6 +366,11 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     ac_monotime now = clock_now();
     ac_io_clock = now;
 
+    if (ms->fork_gen != ac_fork_gen()) {   /* a fork() since the last pass: this is the child */
+        int err = ac_ms_fresh(ms);
+        if (err)
+            return ac_raise(L, ms->p.ops->name, err);
+    }
     if (ms->pred_version != S->pred_version)
         ac_refresh_modes(L, S, ms, L_MAP);
     ac_run_pass_hooks(L, ms, L_MAP, now, &wait_us);
@@ -419,6 +425,7 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     else if (err)
         return ac_raise(L, ms->p.ops->name, err);
 
+    S->handled += nout + ms->npend + ms->nexpired + S->nready;
     for (int i = 0; i < nout; i++) {
         lua_settop(L, top);
         int fd = fired[i].fd;
@@ -482,6 +489,7 @@ static int loop_body(lua_State *L)
     ac_copyupvalues(L);
     lua_pushcclosure(L, loop_predicates, AC_NUP);           /* L_PREDS */
     lua_newuserdatauv(L, 64 * sizeof(struct ac_fired), 0);  /* L_SCRATCH */
+    S->handled = 0;
     if (once) {
         if (!map_empty(L) || S->ntimers > 0 || S->ntasks > 0)
             if (loop_pass(L, S, ms, timeout))
@@ -489,6 +497,10 @@ static int loop_body(lua_State *L)
         return 0;
     }
     while (count != 0) {
+        if (ms->shutdown && map_empty(L)) {
+            ms->shutdown = 0;          /* asyncore.shutdown() is over: timers and tasks left do not count */
+            break;
+        }
         if (S->ntimers == 0 && S->ntasks == 0 && !ac_resolve_busy() && map_empty(L))
             break;
         if (loop_pass(L, S, ms, timeout))
@@ -518,6 +530,60 @@ static int lloop_loop(lua_State *L)
     return 0;
 }
 
+/* core.handled(): events the last loop() handled (asyncore.step) */
+static int lloop_handled(lua_State *L)
+{
+    lua_pushinteger(L, STATE(L)->handled);
+    return 1;
+}
+
+/* core.backend_fd(map): the descriptor of the map's poller, or nil */
+static int lloop_backend_fd(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_mapstate *ms = ac_getmapstate(L, 1, NULL);
+    int fd = ms->p.ops->fd(&ms->p);
+    if (fd < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, fd);
+    return 1;
+}
+
+/* core.next_timeout(map): seconds until the library has work for a pass of
+** the map (0: it has now), or nil when nothing is scheduled. Changes nothing. */
+static int lloop_next_timeout(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_state *S = STATE(L);
+    ac_mapstate *ms = ac_getmapstate(L, 1, NULL);
+    ac_monotime now = clock_now();
+    int64_t us = -1;
+    if (ms->npend > 0 || ms->nexpired > 0 || S->nready > 0)
+        us = 0;
+    us = ac_timers_wait_us(S, now, us);
+    int64_t t = ac_timeouts_wait_us(ms, now);
+    if (t >= 0 && (us < 0 || t < us))
+        us = t;
+    t = ac_resolve_wait_us();
+    if (t >= 0 && (us < 0 || t < us))
+        us = t;
+    if (us < 0)
+        lua_pushnil(L);
+    else
+        lua_pushnumber(L, (double)us / 1e6);
+    return 1;
+}
+
+/* core.shutdown_mark(map): loop() on the map ends once the map is empty */
+static int lloop_shutdown_mark(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ac_mapstate *ms = ac_getmapstate(L, 1, NULL);
+    ms->shutdown = lua_toboolean(L, 2);
+    return 0;
+}
+
 /* core.backends(): the compiled backends, best first */
 static int lloop_backends(lua_State *L)
 {
@@ -530,7 +596,8 @@ static int lloop_backends(lua_State *L)
 }
 
 static const luaL_Reg loop_funcs[] = {
-    {"backends", lloop_backends},
+    {"backends", lloop_backends}, {"handled", lloop_handled}, {"backend_fd", lloop_backend_fd},
+    {"next_timeout", lloop_next_timeout}, {"shutdown_mark", lloop_shutdown_mark},
     {NULL, NULL}
 };
 

@@ -5,6 +5,7 @@
 */
 #include "config.h"
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,20 @@
 #include "lerror.h"
 
 #define MAPSTATE_MT "asyncore.mapstate"
+
+/* ---- fork ---- */
+
+static unsigned fork_gen;
+
+static void after_fork_child(void)
+{
+    fork_gen++;
+}
+
+unsigned ac_fork_gen(void)
+{
+    return fork_gen;
+}
 
 /* ---- map states ---- */
 
@@ -120,6 +135,8 @@ void ac_ms_mark_pending(ac_socket *s)
 
 void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
 {
+    if (ms->fork_gen != fork_gen)
+        ac_ms_fresh(ms);              /* never touch the parent's poller (an error: the next pass raises it) */
     int fd = s->fd;
     if (fd >= 0 && fd < ms->nregs && ms->socks[fd] == s) {
         if (ms->regs[fd].mask)
@@ -142,6 +159,13 @@ void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
 /* set fd's registered mask; 0 or errno */
 int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
 {
+    if (ms->fork_gen != fork_gen) {
+        int err = ac_ms_fresh(ms);
+        if (err)
+            return err;
+    }
+    if (mask && ms->socks[fd] && (ms->socks[fd]->flags & SF_EXCLUSIVE))
+        mask |= AC_EV_EXCL;
     unsigned old = ms->regs[fd].mask;
     if (old == mask)
         return 0;
@@ -260,6 +284,46 @@ static int ms_switch(lua_State *L, ac_mapstate *ms, const struct poller_ops *ops
     return 0;
 }
 
+int ac_ms_fresh(ac_mapstate *ms)
+{
+    if (ms->fork_gen == fork_gen || ms->p.ops == NULL)
+        return 0;
+    ms->fork_gen = fork_gen;
+    for (int fd = 0; fd < ms->nregs; fd++) {
+        ac_socket *s = ms->socks[fd];
+        if (s && (s->flags & SF_INTERNAL)) {
+            ms->socks[fd] = NULL;
+            ms->regs[fd].mask = 0;
+            ms->nsocks--;
+            s->ms = NULL;
+        } else if (s && (s->flags & SF_LISTENING)) {
+            s->flags |= SF_EXCLUSIVE;
+            if (ms->regs[fd].mask)
+                ms->regs[fd].mask |= AC_EV_EXCL;
+        }
+    }
+    struct poller np = {ms->p.ops, NULL, ms->regs, ms->nregs};
+    int err = np.ops->open(&np);
+    if (err)
+        return err;
+    for (int fd = 0; fd < ms->nregs; fd++) {
+        if (ms->regs[fd].mask == 0)
+            continue;
+        err = np.ops->set(&np, fd, 0, ms->regs[fd].mask);
+        if (err) {
+            np.ops->close(&np);
+            return err;
+        }
+    }
+    /* the old poller: closing an epoll descriptor here drops the child's copy
+    ** only; a kqueue is not inherited, and its number may be the new one's:
+    ** left alone (its small state too) */
+    if (strcmp(ms->p.ops->name, "kqueue") != 0)
+        ms->p.ops->close(&ms->p);
+    ms->p = np;
+    return 0;
+}
+
 static const struct poller_ops *check_backend(lua_State *L, const char *backend)
 {
     const struct poller_ops *ops = poller_find(backend);
@@ -299,10 +363,16 @@ ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend)
         if (err)
             ac_raise(L, ops->name, err);
         ms->p = np;
+        ms->fork_gen = fork_gen;
         lua_pushvalue(L, map);
         lua_pushvalue(L, -2);
         lua_rawset(L, -4);                      /* maps[map] = ms */
-    } else if (backend != NULL) {
+    } else if (ms->fork_gen != fork_gen) {
+        int err = ac_ms_fresh(ms);
+        if (err)
+            ac_raise(L, ms->p.ops->name, err);
+    }
+    if (backend != NULL) {
         const struct poller_ops *ops = check_backend(L, backend);
         if (ops != ms->p.ops)
             ms_switch(L, ms, ops);
@@ -455,6 +525,9 @@ static const luaL_Reg reg_funcs[] = {
 /* adds the map-state functions to the module table on top */
 void ac_reg_open(lua_State *L, int st, int mt)
 {
+    static int atfork;
+    if (!atfork && pthread_atfork(NULL, NULL, after_fork_child) == 0)
+        atfork = 1;
     ac_sock_unregister = ac_ms_unregister;   /* a closing socket leaves its map state */
     luaL_newmetatable(L, MAPSTATE_MT);
     lua_pushcfunction(L, ms_gc);

@@ -42,7 +42,18 @@ typedef struct ac_mapstate {
     ac_theap toheap;            /* channel timeouts: (deadline, gen, fd), lazily deleted */
     int nsocks;
     uint32_t pred_version;      /* the pred_version the channels' modes were read at */
+    unsigned fork_gen;          /* ac_fork_gen() when its poller was made */
+    int shutdown;               /* asyncore.shutdown() under way: loop() ends once the map is empty */
 } ac_mapstate;
+
+/* how many fork()s this process descends from (counted in each child): a map
+** state made before a fork makes its poller again in the child (ac_ms_fresh) */
+unsigned ac_fork_gen(void);
+/* after a fork: a new poller with every registration of the map state (the
+** epoll set is the parent's, a kqueue is not inherited), internal ones
+** dropped (their owners register again), listeners shared (AC_EV_EXCL);
+** 0 or an errno. A no-op in the process that made it. */
+int ac_ms_fresh(ac_mapstate *ms);
 
 /* the map state of the table at `map`, created on first use; pushes it. With a
 ** backend name, the state moves to that backend if it uses another. */

@@ -321,6 +321,16 @@ static void deliver(lua_State *L)
     lua_settop(L, top);
 }
 
+int64_t ac_resolve_wait_us(void)
+{
+    if (R.head)
+        return 0;
+    if (!R.ready || R.reqs == NULL)
+        return -1;
+    struct timeval tv, *tvp = ares_timeout(R.ch, NULL, &tv);
+    return tvp ? (int64_t)tv.tv_sec * 1000000 + tv.tv_usec : -1;
+}
+
 /* the pass hook */
 static void resolver_hook(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us)
 {

@@ -10,6 +10,9 @@
 
 /* lookups are under way or answers wait for delivery: loop() goes on */
 int ac_resolve_busy(void);
+/* microseconds until the resolver has work (0: answers wait to be
+** delivered), or -1 when it has none; nothing is changed */
+int64_t ac_resolve_wait_us(void);
 /* adds core.resolve_start, resolve_failure, set_resolver, resolver_pending;
 ** registers the pass hook */
 void ac_resolve_open(lua_State *L, int st, int mt);

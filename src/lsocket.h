@@ -38,6 +38,7 @@
 #define SF_WR_SHUT   0x80000u /* the sending side is shut down (FIN sent) */
 #define SF_HELD     0x100000u /* the channel holds input it did not deliver (async_chat
                                  frames held while reading was paused) */
+#define SF_EXCLUSIVE 0x400000u /* a listener inherited across fork(): registered with AC_EV_EXCL */
 #define SF_STREAM  0x200000u /* its channel is a task stream: a read event wakes the reader (lstream.c) */
 
 /* timeout kinds (ac_socket.to_due) */

@@ -393,19 +393,25 @@ static int ltask_wake(lua_State *L)
     return 0;
 }
 
-/* core.task_cancel(task): see Task:cancel */
-static int ltask_cancel(lua_State *L)
+/* cancel the task t at ti: the wait it is in raises ECANCELED; a task not
+** started yet never runs; an ended one stays as it is */
+static void cancel(lua_State *L, int ti, ac_task *t)
 {
-    ac_task *t = checktask(L, 1);
     if (t->status >= TS_DONE)
-        return 0;
+        return;
     if (!t->started) {
-        finish(L, 1, t, TS_CANCELLED);   /* it never runs */
-        return 0;
+        finish(L, ti, t, TS_CANCELLED);
+        return;
     }
     t->cancel = 1;
     if (ac_task_current(L) != t)
         ac_task_wake(L, t);
+}
+
+/* core.task_cancel(task): see Task:cancel */
+static int ltask_cancel(lua_State *L)
+{
+    cancel(L, 1, checktask(L, 1));
     return 0;
 }
 
@@ -435,6 +441,27 @@ static int ltask_suspend(lua_State *L)
         return luaL_error(L, "suspend: not in a task");
     lua_settop(L, 1);
     return ac_task_wait(L, t, 0, suspend_k);
+}
+
+/* core.task_cancel_all(): cancel every live task (asyncore.shutdown) */
+static int ltask_cancel_all(lua_State *L)
+{
+    lua_settop(L, 0);
+    TASKS(L);                               /* 1 */
+    lua_newtable(L);                        /* 2: a snapshot: cancelling changes the set */
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_rawseti(L, 2, ++n);
+    }
+    for (int i = 1; i <= n; i++) {
+        lua_settop(L, 2);
+        lua_rawgeti(L, 2, i);               /* 3 */
+        ac_task *t = totask(L, 3);
+        if (t != NULL)
+            cancel(L, 3, t);
+    }
+    return 0;
 }
 
 /* core.task_current(): the task the calling coroutine runs, or nil */
@@ -512,7 +539,7 @@ static int lloop_depth(lua_State *L)
 static const luaL_Reg task_funcs[] = {
     {"task_spawn", ltask_spawn}, {"task_wake", ltask_wake}, {"task_cancel", ltask_cancel},
     {"task_suspend", ltask_suspend}, {"task_current", ltask_current}, {"task_class", ltask_class},
-    {"task_counts", ltask_counts}, {"loop_depth", lloop_depth},
+    {"task_counts", ltask_counts}, {"task_cancel_all", ltask_cancel_all}, {"loop_depth", lloop_depth},
     {NULL, NULL}
 };
 

@@ -50,6 +50,16 @@ void ac_timeout_rearm(ac_mapstate *ms, ac_socket *s)
 }
 
 /* the pass hook: move what expired to the expired list; bound the wait */
+int64_t ac_timeouts_wait_us(ac_mapstate *ms, ac_monotime now)
+{
+    if (ms->nexpired > 0)
+        return 0;
+    struct theap_entry *e = theap_top(&ms->toheap);
+    if (e == NULL)
+        return -1;
+    return e->deadline <= now ? 0 : ac_us_until(e->deadline, now);
+}
+
 static void timeout_hook(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us)
 {
     (void)L, (void)map;

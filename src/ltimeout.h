@@ -10,6 +10,9 @@
 void ac_timeout_rearm(ac_mapstate *ms, ac_socket *s);
 /* adds core.set_timeout; registers the pass hook */
 void ac_timeout_open(lua_State *L, int st, int mt);
+/* microseconds until the map state's next channel timeout is due (0: due
+** now), or -1 when none is armed; nothing is changed (asyncore.next_timeout) */
+int64_t ac_timeouts_wait_us(ac_mapstate *ms, ac_monotime now);
 
 #pragma GCC visibility pop
 #endif

@@ -259,6 +259,7 @@ int ac_timers_run(lua_State *L, ac_state *S, int msgh)
         } else {
             disarm(L, S, t);
         }
+        S->handled++;
         lua_getiuservalue(L, tidx, 1);
         lua_getfield(L, -1, "n");
         int n = (int)lua_tointeger(L, -1);

@@ -42,6 +42,9 @@ struct poller_ops {
     */
     int  (*wait)(struct poller *p, int64_t timeout_us, struct ac_fired *out, int max, int *nout);
     void (*close)(struct poller *p);
+    /* the descriptor that is readable when the wait has events (epoll,
+    ** kqueue), or -1 (select, poll): for embedding in another loop */
+    int  (*fd)(const struct poller *p);
 };
 
 /* a microsecond timeout as a timespec (for the calls that take one) */

@@ -50,6 +50,17 @@ static int ep_set(struct poller *p, int fd, unsigned oldmask, unsigned newmask)
         op = EPOLL_CTL_MOD;
     ev.events = ((newmask & AC_EV_READ) ? (EPOLLIN | EPOLLPRI) : 0) |
                 ((newmask & AC_EV_WRITE) ? EPOLLOUT : 0);
+#ifdef EPOLLEXCLUSIVE
+    if (newmask & AC_EV_EXCL) {
+        /* a listener shared with other processes: one of them is woken. The
+        ** flag is only allowed when adding: a change is a delete and an add */
+        ev.events = (ev.events & ~(uint32_t)EPOLLPRI) | EPOLLEXCLUSIVE;   /* PRI is refused with it */
+        if (op == EPOLL_CTL_MOD) {
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, &ev);
+            op = EPOLL_CTL_ADD;
+        }
+    }
+#endif
     ev.data.u64 = ((uint64_t)p->regs[fd].gen << 32) | (uint32_t)fd;
     if (epoll_ctl(e->epfd, op, fd, &ev) < 0) {
         int err = errno;
@@ -116,5 +127,10 @@ static void ep_close(struct poller *p)
     }
 }
 
-const struct poller_ops poller_epoll_ops = {"epoll", ep_open, ep_set, ep_wait, ep_close};
+static int ep_fd(const struct poller *p)
+{
+    return ((const struct epoll_impl *)p->impl)->epfd;
+}
+
+const struct poller_ops poller_epoll_ops = {"epoll", ep_open, ep_set, ep_wait, ep_close, ep_fd};
 #endif

@@ -108,5 +108,10 @@ static void kq_close(struct poller *p)
     }
 }
 
-const struct poller_ops poller_kqueue_ops = {"kqueue", kq_open, kq_set, kq_wait, kq_close};
+static int kq_fd(const struct poller *p)
+{
+    return ((const struct kq_impl *)p->impl)->kq;
+}
+
+const struct poller_ops poller_kqueue_ops = {"kqueue", kq_open, kq_set, kq_wait, kq_close, kq_fd};
 #endif

@@ -119,4 +119,10 @@ static void pl_close(struct poller *p)
     }
 }
 
-const struct poller_ops poller_poll_ops = {"poll", pl_open, pl_set, pl_wait, pl_close};
+static int pl_fd(const struct poller *p)
+{
+    (void)p;
+    return -1;
+}
+
+const struct poller_ops poller_poll_ops = {"poll", pl_open, pl_set, pl_wait, pl_close, pl_fd};

@@ -84,4 +84,10 @@ static void sl_close(struct poller *p)
     p->impl = NULL;
 }
 
-const struct poller_ops poller_select_ops = {"select", sl_open, sl_set, sl_wait, sl_close};
+static int sl_fd(const struct poller *p)
+{
+    (void)p;
+    return -1;
+}
+
+const struct poller_ops poller_select_ops = {"select", sl_open, sl_set, sl_wait, sl_close, sl_fd};
