@@ -352,7 +352,8 @@ local function callback_error(err)
   return { err = err, tb = debug.traceback(nil, 2) }
 end
 
--- run a resolve callback from the loop: an error is reported like a timer's
+-- run a callback from the loop (a lookup's answer, a signal's handler): an
+-- error is reported like a timer's; ExitNow and Ctrl-C leave the loop
 local function run_callback(fn, addrs, err)
   local ok, e = xpcall(fn, callback_error, addrs, err)
   if not ok then
@@ -847,6 +848,7 @@ end
 M.file_dispatcher = file_dispatcher
 
 -- tasks: spawn, sleep, join, cancel (lua/asyncore/tasks.lua)
+core._run_callback = run_callback
 core._tasks = require("asyncore.tasks")(M, core)
 -- signals, shutdown, workers, embedding (lua/asyncore/service.lua)
 require("asyncore.service")(M, core)

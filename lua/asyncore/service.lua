@@ -9,8 +9,8 @@
 --
 -- Installed into the asyncore module by asyncore.lua: `require "asyncore"`.
 return function(M, core)
-  local type, error, tostring, pcall, xpcall, ipairs, pairs, setmetatable =
-    type, error, tostring, pcall, xpcall, ipairs, pairs, setmetatable
+  local type, error, tostring, pcall, ipairs, pairs, setmetatable =
+    type, error, tostring, pcall, ipairs, pairs, setmetatable
   local format = string.format
 
   local function argerror(n, fname, msg)
@@ -70,23 +70,13 @@ return function(M, core)
     end
   end
 
-  local function callback_error(err)
-    if err == M.ExitNow then return err end
-    return { err = err, tb = debug.traceback(nil, 2) }
-  end
-
   -- from the pass: the handlers of one signal; an error is reported like a
   -- timer's, ExitNow leaves the loop
+  local run_callback = core._run_callback
   core.signal_init(function(num)
     local list = handlers[num]
     if not list then return end
-    for _, h in ipairs { table.unpack(list) } do
-      local ok, e = xpcall(h.fn, callback_error, h.signal)
-      if not ok then
-        if e == M.ExitNow or type(e) ~= "table" or e.tb == nil then error(e, 0) end
-        M.handle_timer_error(e.err, e.tb)
-      end
-    end
+    for _, h in ipairs { table.unpack(list) } do run_callback(h.fn, h.signal) end
   end)
 
   ---------------------------------------------------------------------------
