@@ -2,6 +2,7 @@
 -- user sends goes to everybody else as "nick: line".
 --   /nick NAME   change your name        /who   list who is here
 --   /quit        leave
+-- TERM and INT stop it gracefully (queued lines are still sent).
 -- usage: lua5.4 examples/chat_server.lua [host] [port]   (default 127.0.0.1 8023)
 -- try it with: nc 127.0.0.1 8023   (or examples/line_client.lua)
 local asyncore = require "asyncore"
@@ -73,4 +74,8 @@ function ChatServer:broadcast(line, except)
 end
 
 ChatServer(host, port)
+-- TERM, INT: the listener closes, each session's queued lines are still sent
+for _, name in ipairs { "TERM", "INT" } do
+  asyncore.on_signal(name, function() asyncore.shutdown(5) end)
+end
 asyncore.loop()

@@ -2,8 +2,12 @@
 -- "Hello, world!" on GET /hello and echoes the body of POST /echo.
 -- The request line and headers are read with a string terminator ("\r\n\r\n"),
 -- a body with an integer terminator (its Content-Length), and files are sent
--- through a producer, a chunk at a time.
--- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [--idle SECONDS] [host] [port] [directory]
+-- through a producer, a chunk at a time. GET /work?ms=N does N units of Lua
+-- work (about a millisecond each) before it answers: a CPU-bound route.
+-- TERM and INT stop it gracefully (responses under way are finished; new
+-- connects are refused at once); --workers N serves on N processes.
+-- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [--idle SECONDS] [--workers N]
+--        [host] [port] [directory]
 --        (default 127.0.0.1 8080 and the current directory; with --tls, HTTPS)
 -- try: curl -v http://127.0.0.1:8080/hello
 --      curl --cacert ca.pem https://localhost:8443/hello   (with --tls)
@@ -12,7 +16,7 @@ local asynchat = require "asynchat"
 
 local find, sub, lower = string.find, string.sub, string.lower
 
-local args, tls, idle = {}, nil, 30
+local args, tls, idle, workers = {}, nil, 30, nil
 do
   local i = 1
   while i <= #arg do
@@ -29,6 +33,13 @@ do
       end
       tls = ctx
       i = i + 3
+    elseif arg[i] == "--workers" then
+      workers = math.tointeger(tonumber(arg[i + 1]))
+      if not workers or workers < 1 then
+        io.stderr:write("http_server.lua: --workers takes a number of processes >= 1\n")
+        os.exit(2)
+      end
+      i = i + 2
     elseif arg[i] == "--idle" then
       idle = tonumber(arg[i + 1])
       if not idle or idle <= 0 then
@@ -50,6 +61,13 @@ local REASONS = { [200] = "OK", [400] = "Bad Request", [404] = "Not Found", [405
 local TYPES = { html = "text/html", txt = "text/plain", lua = "text/plain", md = "text/plain",
   json = "application/json", css = "text/css", js = "text/javascript", png = "image/png" }
 local MAX_BODY = 16 * 1024 * 1024
+
+-- GET /work?ms=N: a fixed amount of Lua work per unit (about 1 ms here)
+local function work(units)
+  local x = 0
+  for i = 1, units * 100000 do x = (x + i) % 1000003 end
+  return ("worked %d units: %d\n"):format(units, x)
+end
 
 -- What is served must stay inside the root, symbolic links included: the root
 -- and each file are compared as canonical paths.
@@ -205,6 +223,8 @@ function HttpChannel:found_terminator()
   end
   if method ~= "GET" and method ~= "HEAD" then return self:respond(405, "method not allowed\n") end
   if target == "/hello" then return self:respond(200, "Hello, world!") end
+  local units = target:match("^/work%?ms=(%d+)$")
+  if units then return self:respond(200, work(tonumber(units))) end
   local file = resolve(target)
   local f = file and io.open(file, "rb")
   local size
@@ -250,4 +270,18 @@ end
 local server = HttpServer(host, port)
 io.stderr:write(("http server on %s://%s:%d/ serving %s\n"):format(tls and "https" or "http", host,
   server.socket:getsockname()[2], ROOT))
+
+-- TERM, INT: stop taking connections, finish what is under way (10 s at most)
+for _, name in ipairs { "TERM", "INT" } do
+  asyncore.on_signal(name, function() asyncore.shutdown(10) end)
+end
+if workers then
+  local n = asyncore.fork_workers(workers)   -- the parent supervises and returns 0 at the end
+  if n == 0 then
+    io.stderr:write("http server: all workers have exited\n")
+    os.exit(0)
+  end
+  io.stderr:write(("http server worker %d\n"):format(n))
+end
 asyncore.loop()
+io.stderr:write("http server stopped\n")

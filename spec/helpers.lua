@@ -228,6 +228,16 @@ function H.spawn(cmd, limit)
   return h
 end
 
+--- A free TCP port on 127.0.0.1 (bound, then released: for a child to listen on).
+function H.free_port()
+  local s = require("asyncore").socket("inet")
+  s:setsockopt("reuseaddr", true)
+  s:bind { "127.0.0.1", 0 }
+  local port = s:getsockname()[2]
+  s:close()
+  return port
+end
+
 --- A shell command's output (blocking; for quick commands only).
 function H.capture(cmd)
   local p = io.popen(cmd .. " 2>&1")

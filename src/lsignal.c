@@ -22,6 +22,9 @@
 #include <poll.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include "lsignal.h"
 #include "lerror.h"
 
@@ -269,14 +272,27 @@ static int lsig_wait(lua_State *L)
     return 1;
 }
 
-/* core.fork() -> pid (0 in the child); Lua's and C's buffered output is
-** flushed first so that the child does not write it again */
+/* core.fork([parent_death]) -> pid (0 in the child); Lua's and C's buffered
+** output is flushed first so that the child does not write it again. With
+** parent_death (a signal number; Linux), the child gets it when the parent
+** dies: workers do not outlive a supervisor that was killed. */
 static int lsig_fork(lua_State *L)
 {
+    lua_Integer death = luaL_optinteger(L, 1, 0);
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0)
         return ac_raise(L, "fork", errno);
+#ifdef __linux__
+    if (pid == 0 && death > 0 && death < NSIG) {
+        prctl(PR_SET_PDEATHSIG, (unsigned long)death);
+        if (getppid() != parent)      /* it died before the call */
+            raise((int)death);
+    }
+#else
+    (void)death, (void)parent;
+#endif
     lua_pushinteger(L, pid);
     return 1;
 }

@@ -225,6 +225,7 @@ static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
     }
     lua_settop(L, 3);
     c->reader = t;
+    c->sflags |= STR_CREADER;
     return ac_task_wait(L, t, kind, read_k);
 }
 
@@ -233,8 +234,10 @@ static int read_k(lua_State *L, int status, lua_KContext kind)
     (void)status;
     ac_task *t = ac_task_current(L);
     ac_chat *c = stream_chat(L, t);
-    if (c != NULL && c->reader == t)
+    if (c != NULL && c->reader == t) {
         c->reader = NULL;
+        c->sflags &= ~STR_CREADER;
+    }
     ac_task_check_cancel(L, t);
     return read_go(L, (int)kind, t, c);
 }
@@ -346,7 +349,7 @@ static int lstream_write(lua_State *L)
 int ac_stream_readable(lua_State *L, int chan)
 {
     ac_chat *c = ac_chat_of(L, chan);
-    if (c == NULL || !c->stream || c->reader == NULL)
+    if (c == NULL || !c->stream || c->reader == NULL || !(c->sflags & STR_CREADER))
         return 0;
     c->sflags |= STR_READABLE;
     ac_task_wake(L, c->reader);
@@ -455,6 +458,8 @@ static int lstream_slot(lua_State *L)
     } else {
         *slot = NULL;
     }
+    if (slot == &c->reader)
+        c->sflags &= ~STR_CREADER;   /* a Lua-side reader: handle_read reads for it */
     return 0;
 }
 

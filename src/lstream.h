@@ -14,6 +14,8 @@
 #define STR_TIMEOUT  0x02u   /* settimeout() set a timeout */
 #define STR_WPAUSED  0x04u   /* output above the high mark: a writer waits */
 #define STR_READABLE 0x08u   /* a read event woke the reader: it reads the socket itself */
+#define STR_CREADER  0x10u   /* the reader waits in the C read (not the Lua side's): the
+                                pass may leave the reading to it */
 
 /* a read event on the stream channel at chan: when a task waits to read it,
 ** that task is woken to read the socket itself and 1 is returned (the

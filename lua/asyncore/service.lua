@@ -194,7 +194,7 @@ return function(M, core)
     end
     local workers, alive = {}, 0
     local function start(i)
-      local pid = core.fork()
+      local pid = core.fork(nums[1])   -- TERM for the worker if the parent dies (Linux)
       if pid == 0 then return true end
       workers[pid] = i
       alive = alive + 1
