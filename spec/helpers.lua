@@ -166,6 +166,18 @@ end
 
 --- Start a command in the background with a time limit; its stdout goes to a
 -- file. Returns a handle with :wait_line(pattern, seconds), :output(), :kill().
+--- The first child process of pid, once it has one (waits at most 5 s).
+function H.child_of(pid)
+  local p
+  H.run_until(function()
+    local f = io.open("/proc/" .. tostring(pid) .. "/task/" .. tostring(pid) .. "/children")
+    p = f and f:read("n")
+    if f then f:close() end
+    return p ~= nil
+  end, 5)
+  return p
+end
+
 function H.spawn(cmd, limit)
   local out = os.tmpname()
   local pidfile = os.tmpname()
@@ -174,16 +186,7 @@ function H.spawn(cmd, limit)
   os.execute(full)
   local h = { out = out }
   --- The pid of the command itself (the child of `timeout`), once it runs.
-  function h.child_pid()
-    local p
-    H.run_until(function()
-      local f = io.open("/proc/" .. tostring(h.pid()) .. "/task/" .. tostring(h.pid()) .. "/children")
-      p = f and f:read("n")
-      if f then f:close() end
-      return p ~= nil
-    end, 5)
-    return p
-  end
+  function h.child_pid() return H.child_of(h.pid()) end
   function h.pid()
     local f = io.open(pidfile)
     local p = f and f:read("n")

@@ -17,17 +17,7 @@ local function script(src, args, limit)
 end
 
 -- the pid of the Lua process of a script() (the child of its sh)
-local function lua_pid(p)
-  local sh = p.child_pid()
-  local pid
-  H.run_until(function()
-    local f = io.open("/proc/" .. sh .. "/task/" .. sh .. "/children")
-    pid = f and f:read("n")
-    if f then f:close() end
-    return pid ~= nil
-  end, 5)
-  return pid
-end
+local function lua_pid(p) return H.child_of(p.child_pid()) end
 
 local function alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
