@@ -85,6 +85,7 @@ bench: $(SO)
 	sh bench/run.sh
 	sh bench/http.sh
 	sh bench/redis.sh
+	sh bench/workers.sh
 
 install: $(SO)
 	install -d $(DESTDIR)$(LUADIR)/asyncore $(DESTDIR)$(CMODDIR)/asyncore

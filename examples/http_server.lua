@@ -263,7 +263,9 @@ function HttpServer:init(h, p)
   self:listen(1024)
 end
 
+local accepted = 0
 function HttpServer:handle_accepted(sock)
+  accepted = accepted + 1
   HttpChannel(sock)
 end
 
@@ -275,13 +277,15 @@ io.stderr:write(("http server on %s://%s:%d/ serving %s\n"):format(tls and "http
 for _, name in ipairs { "TERM", "INT" } do
   asyncore.on_signal(name, function() asyncore.shutdown(10) end)
 end
+local me = "http server"
 if workers then
   local n = asyncore.fork_workers(workers)   -- the parent supervises and returns 0 at the end
   if n == 0 then
     io.stderr:write("http server: all workers have exited\n")
     os.exit(0)
   end
-  io.stderr:write(("http server worker %d\n"):format(n))
+  me = ("http server worker %d"):format(n)
+  io.stderr:write(me, " started\n")
 end
 asyncore.loop()
-io.stderr:write("http server stopped\n")
+io.stderr:write(("%s stopped (%d connections accepted)\n"):format(me, accepted))

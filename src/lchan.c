@@ -492,7 +492,10 @@ int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
     uint32_t gen = s->gen;
     if ((s->flags & SF_LISTENING) && ac_rawbool(L, chan, K_ACCEPTING)) {
         /* take every pending connection (up to a bound), not one per pass */
-        for (int i = 0; i < ACCEPT_BATCH; i++) {
+        /* a listener shared with other processes takes one connection per
+        ** pass: the others get their turn at a burst */
+        int batch = (s->flags & SF_EXCLUSIVE) ? 1 : ACCEPT_BATCH;
+        for (int i = 0; i < batch; i++) {
             s->flags &= ~SF_ACCEPTED;
             call_handle_accept(L, chan);
             s = ac_chan_same(L, chan, gen);
