@@ -28,12 +28,8 @@ start_server() {  # NAME ROLE PORT -> sets pid
     luv)          $PIN1 lua5.4 bench/luv_http_server.lua "$2" 127.0.0.1 "$3" & ;;
   esac
   pid=$!
-  i=0
   # wait until it listens (without connecting: a push server would start pushing)
-  until ss -ltnH "sport = :$3" 2>/dev/null | grep -q LISTEN; do
-    i=$((i + 1)); [ $i -lt 200 ] || { kill $pid; echo "$1 did not start" >&2; return 1; }
-    sleep 0.05
-  done
+  wait_listen "$3" $pid "$1"
 }
 
 peers="lua-asyncore py-asynchat"

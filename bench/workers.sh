@@ -16,11 +16,7 @@ for w in 1 2; do
   port=$(free_port)
   lua5.4 examples/http_server.lua --workers "$w" 127.0.0.1 "$port" . 2>"$log.$w" &
   pid=$!
-  i=0
-  until ss -ltnH "sport = :$port" 2>/dev/null | grep -q LISTEN; do
-    i=$((i + 1)); [ $i -lt 200 ] || { kill $pid; echo "server did not start" >&2; exit 1; }
-    sleep 0.05
-  done
+  wait_listen "$port" $pid "http_server.lua --workers $w"
   sleep 0.3
   out=$(timeout 60 wrk -t2 -c64 -d"${SECS}s" "http://127.0.0.1:$port/work?ms=1")
   kill -TERM $pid
