@@ -118,6 +118,29 @@ print("survived")
     assert.matches("survived", out2)         -- ignored before: ignored again
   end)
 
+  it("on_signal(\"INT\"): Ctrl-C runs the handler instead of leaving the loop", function()
+    local p = script([[
+local asyncore = require "asyncore"
+local srv = asyncore.dispatcher()
+srv:create_socket("inet")
+srv:bind { "127.0.0.1", 0 }
+srv:listen(8)
+asyncore.on_signal("INT", function(name) print("got " .. name) asyncore.shutdown(1) end)
+print("ready")
+io.stdout:flush()
+asyncore.loop()
+print("loop returned")
+]])
+    p.wait_line("ready")
+    H.run_for(0.2)
+    os.execute("kill -INT " .. lua_pid(p))
+    p.wait_line("exit=%d+", 10)
+    local out = p.output()
+    assert.matches("got INT\nloop returned\n", out)
+    assert.is_nil(out:match("interrupted!"))
+    assert.matches("exit=0", out)
+  end)
+
   it("shutdown on TERM: a 4 MiB response to a slow reader completes, new connects are refused, exit 0", function()
     local dir = H.tmpname() .. ".d"
     os.execute("mkdir -p " .. dir)
@@ -193,6 +216,11 @@ function srv:handle_accepted(sock)
   c:close_when_done()
 end
 print("port " .. srv.socket:getsockname()[2])
+-- the parent's poller, signal pipe and timers are made and used before the fork
+local h = asyncore.on_signal("USR2", function() end)
+asyncore.call_later(0.05, function() end)
+asyncore.loop { timeout = 0.2, count = 3 }
+h:cancel()
 local n = asyncore.fork_workers(2)
 if n == 0 then print("parent done") os.exit(0) end
 print("worker " .. n .. " pid " .. core.getpid())
