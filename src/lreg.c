@@ -17,16 +17,11 @@
 
 /* ---- fork ---- */
 
-static unsigned fork_gen;
+unsigned ac_fork_count;
 
 static void after_fork_child(void)
 {
-    fork_gen++;
-}
-
-unsigned ac_fork_gen(void)
-{
-    return fork_gen;
+    ac_fork_count++;
 }
 
 /* ---- map states ---- */
@@ -135,7 +130,7 @@ void ac_ms_mark_pending(ac_socket *s)
 
 void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
 {
-    if (ms->fork_gen != fork_gen)
+    if (ms->fork_gen != ac_fork_count)
         ac_ms_fresh(ms);              /* never touch the parent's poller (an error: the next pass raises it) */
     int fd = s->fd;
     if (fd >= 0 && fd < ms->nregs && ms->socks[fd] == s) {
@@ -159,7 +154,7 @@ void ac_ms_unregister(ac_mapstate *ms, ac_socket *s)
 /* set fd's registered mask; 0 or errno */
 int ac_ms_setmask(ac_mapstate *ms, int fd, unsigned mask)
 {
-    if (ms->fork_gen != fork_gen) {
+    if (ms->fork_gen != ac_fork_count) {
         int err = ac_ms_fresh(ms);
         if (err)
             return err;
@@ -286,9 +281,9 @@ static int ms_switch(lua_State *L, ac_mapstate *ms, const struct poller_ops *ops
 
 int ac_ms_fresh(ac_mapstate *ms)
 {
-    if (ms->fork_gen == fork_gen || ms->p.ops == NULL)
+    if (ms->fork_gen == ac_fork_count || ms->p.ops == NULL)
         return 0;
-    ms->fork_gen = fork_gen;
+    ms->fork_gen = ac_fork_count;
     for (int fd = 0; fd < ms->nregs; fd++) {
         ac_socket *s = ms->socks[fd];
         if (s && (s->flags & SF_INTERNAL)) {
@@ -363,11 +358,11 @@ ac_mapstate *ac_getmapstate(lua_State *L, int map, const char *backend)
         if (err)
             ac_raise(L, ops->name, err);
         ms->p = np;
-        ms->fork_gen = fork_gen;
+        ms->fork_gen = ac_fork_count;
         lua_pushvalue(L, map);
         lua_pushvalue(L, -2);
         lua_rawset(L, -4);                      /* maps[map] = ms */
-    } else if (ms->fork_gen != fork_gen) {
+    } else if (ms->fork_gen != ac_fork_count) {
         int err = ac_ms_fresh(ms);
         if (err)
             ac_raise(L, ms->p.ops->name, err);

@@ -48,7 +48,8 @@ typedef struct ac_mapstate {
 
 /* how many fork()s this process descends from (counted in each child): a map
 ** state made before a fork makes its poller again in the child (ac_ms_fresh) */
-unsigned ac_fork_gen(void);
+extern unsigned ac_fork_count;
+#define ac_fork_gen() (ac_fork_count)
 /* after a fork: a new poller with every registration of the map state (the
 ** epoll set is the parent's, a kqueue is not inherited), internal ones
 ** dropped (their owners register again), listeners shared (AC_EV_EXCL);

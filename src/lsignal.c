@@ -153,9 +153,9 @@ static unsigned signal_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
 static void signal_hook(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us)
 {
     (void)L, (void)map, (void)now, (void)wait_us;
-    if (G.nwatched == 0 || pipe_ready() != 0)
-        return;
-    if (G.s.ms == ms)
+    if (G.nwatched == 0 || (G.s.ms == ms && G.fork_gen == ac_fork_gen()))
+        return;                       /* nothing watched, or already watched here */
+    if (pipe_ready() != 0 || G.s.ms == ms)
         return;
     if (G.s.ms)
         ac_ms_unregister(G.s.ms, &G.s);
