@@ -66,7 +66,7 @@ check-asan:
 check-valgrind:
 	$(MAKE) clean
 	$(MAKE) all
-	vgdir=$$(mktemp -d) && AC_VALGRIND=1 AC_VGLOG=$$vgdir sh spec/run.sh \
+	vgdir=$$(mktemp -d) && AC_VALGRIND=1 AC_VGLOG=$$vgdir AC_SPEC_TIMEOUT=$${AC_SPEC_TIMEOUT:-2400} sh spec/run.sh \
 	  "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --num-callers=30 --log-file=$$vgdir/vg.%p $(LUA)" $(BUSTED); \
 	  status=$$?; rm -rf "$$vgdir"; exit $$status
 

@@ -66,6 +66,8 @@ describe("running a service", function()
   end)
 
   it("on_signal: signals during busy traffic reach the handler; the traffic is intact", function()
+    -- signals of one kind that come close together may be delivered once
+    -- (POSIX does not queue them): at least one delivery is what is owed
     local n = 0
     local h = asyncore.on_signal("USR2", function() n = n + 1 end)
     local srv = asyncore.serve("127.0.0.1", 0, function(s)
@@ -75,24 +77,36 @@ describe("running a service", function()
         s:write(line)
       end
     end)
-    os.execute(("(for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.05; kill -USR2 %d; done) &"):format(ME))
-    local rounds, bad = 0, 0
+    local done = H.tmpname()
+    os.execute(("(for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.05; kill -USR2 %d; done; touch %s) &")
+      :format(ME, done))
+    local function sent_all()
+      local f = io.open(done)
+      if f then f:close() end
+      return f ~= nil
+    end
+    local rounds, bad, during = 0, 0, 0
+    local deadline = asyncore.now() + 30
     local t = asyncore.spawn(function()
       local c <close> = assert(asyncore.open_stream("127.0.0.1", srv.port))
-      while n < 10 do
+      while not sent_all() and asyncore.now() < deadline do
         rounds = rounds + 1
         local line = ("round %d %s\n"):format(rounds, ("x"):rep(rounds % 500))
         c:write(line)
         if c:read("L") ~= line then bad = bad + 1 end
+        during = n
       end
     end)
-    H.run_until(function() return t.status == "done" or t.status == "failed" end, 20)
+    H.run_until(function() return t.status == "done" or t.status == "failed" end, 40)
+    H.run_for(0.2)
     h:cancel()
     srv:close()
+    os.remove(done)
     assert.equal("done", t.status, tostring(t.error))
-    assert.equal(10, n)
+    assert.is_true(during >= 1, "no signal reached the handler during the traffic")
+    assert.is_true(n >= 1 and n <= 10, tostring(n))
     assert.equal(0, bad)
-    assert.is_true(rounds > 10)
+    assert.is_true(rounds > 1)
   end)
 
   it("on_signal: cancel puts back the disposition it found (default, or ignored)", function()
