@@ -291,11 +291,11 @@ describe("the examples", function()
     local most = before
     H.run_until(function()
       most = math.max(most, rss_kib(pid))
-      return p.output():match("received") ~= nil
+      return p.output():match("received %d+\n") ~= nil
     end, 120)
     local got = tonumber(p.output():match("received (%d+)"))
     local head = io.open(out, "rb"):read(200):match("^(.-\r\n\r\n)")
-    assert.equal(#head + SIZE, got)
+    assert.equal(#head + SIZE, got, p.output())
     assert.equal(sha256(dir .. "/big.bin"), sha256(out, #head))
     os.remove(out)
     if not ASAN then
