@@ -181,6 +181,33 @@ print("loop returned")
     client.kill()
   end)
 
+  it("chat_server.lua on INT and TERM: the users still get what was queued, then the end; exit 0", function()
+    for _, sig in ipairs { "INT", "TERM" } do
+      local port = H.free_port()
+      local srv = H.spawn(("sh -c '%s examples/chat_server.lua 127.0.0.1 %d; echo exit=$?'"):format(H.LUA, port), 30)
+      srv.wait_line("chat server on")
+      local pid = lua_pid(srv)
+      local got = {}
+      local t = asyncore.spawn(function()
+        local c <close> = assert(asyncore.open_stream("127.0.0.1", port))
+        c:settimeout(10)
+        c:write("/nick tester\r\n")
+        while true do
+          local line = c:read()
+          if not line then break end
+          got[#got + 1] = line
+          if #got == 1 then os.execute(("kill -%s %d"):format(sig, pid)) end
+        end
+      end)
+      H.run_until(function() return t.status == "done" or t.status == "failed" end, 20)
+      assert.equal("done", t.status, tostring(t.error))
+      assert.is_true(#got >= 1)
+      srv.wait_line("exit=%d+", 10)
+      assert.matches("exit=0", srv.output())
+      assert.is_nil(fetch(port), "the listener is still open")
+    end
+  end)
+
   it("shutdown: after the grace period what is left is closed and loop() returns", function()
     local p = script([[
 local asyncore = require "asyncore"
