@@ -5,9 +5,10 @@
 -- through a producer, a chunk at a time. GET /work?ms=N does N units of Lua
 -- work (about a millisecond each) before it answers: a CPU-bound route.
 -- TERM and INT stop it gracefully (responses under way are finished; new
--- connects are refused at once); --workers N serves on N processes.
--- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [--idle SECONDS] [--workers N]
---        [host] [port] [directory]
+-- connects are refused at once); --workers N serves on N processes, sharing
+-- one listening socket, or with --reuseport each its own (SO_REUSEPORT).
+-- usage: lua5.4 examples/http_server.lua [--tls CERTFILE KEYFILE] [--idle SECONDS] [--workers N
+--        [--reuseport]] [host] [port] [directory]
 --        (default 127.0.0.1 8080 and the current directory; with --tls, HTTPS)
 -- try: curl -v http://127.0.0.1:8080/hello
 --      curl --cacert ca.pem https://localhost:8443/hello   (with --tls)
@@ -16,7 +17,7 @@ local asynchat = require "asynchat"
 
 local find, sub, lower = string.find, string.sub, string.lower
 
-local args, tls, idle, workers = {}, nil, 30, nil
+local args, tls, idle, workers, reuseport = {}, nil, 30, nil, false
 do
   local i = 1
   while i <= #arg do
@@ -33,6 +34,9 @@ do
       end
       tls = ctx
       i = i + 3
+    elseif arg[i] == "--reuseport" then
+      reuseport = true
+      i = i + 1
     elseif arg[i] == "--workers" then
       workers = math.tointeger(tonumber(arg[i + 1]))
       if not workers or workers < 1 then
@@ -259,6 +263,7 @@ function HttpServer:init(h, p)
   asyncore.dispatcher.init(self)
   self:create_socket()
   self:set_reuse_addr()
+  if reuseport then self.socket:setsockopt("reuseport", true) end
   self:bind(h, p)
   self:listen(1024)
 end
@@ -269,23 +274,24 @@ function HttpServer:handle_accepted(sock)
   HttpChannel(sock)
 end
 
-local server = HttpServer(host, port)
-io.stderr:write(("http server on %s://%s:%d/ serving %s\n"):format(tls and "https" or "http", host,
-  server.socket:getsockname()[2], ROOT))
-
 -- TERM, INT: stop taking connections, finish what is under way (10 s at most)
 for _, name in ipairs { "TERM", "INT" } do
   asyncore.on_signal(name, function() asyncore.shutdown(10) end)
 end
+
+-- the listener: made before the workers (they share it), or by each (reuseport)
+local server = not (workers and reuseport) and HttpServer(host, port) or nil
 local me = "http server"
 if workers then
-  local n = asyncore.fork_workers(workers)   -- the parent supervises and returns 0 at the end
+  local n = asyncore.fork_workers(workers, { reuseport = reuseport })   -- the parent returns 0 at the end
   if n == 0 then
     io.stderr:write("http server: all workers have exited\n")
     os.exit(0)
   end
   me = ("http server worker %d"):format(n)
-  io.stderr:write(me, " started\n")
+  server = server or HttpServer(host, port)
 end
+io.stderr:write(("%s on %s://%s:%d/ serving %s\n"):format(me, tls and "https" or "http", host,
+  server.socket:getsockname()[2], ROOT))
 asyncore.loop()
 io.stderr:write(("%s stopped (%d connections accepted)\n"):format(me, accepted))
