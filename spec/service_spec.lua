@@ -7,13 +7,22 @@ local H = require "helpers"
 
 local ME = core.getpid()
 
--- a Lua script in a file, run as a child process: its handle
+-- the start of a child script: a listener on a free port of 127.0.0.1
+local LISTENER = [[
+local asyncore = require "asyncore"
+local srv = asyncore.dispatcher()
+srv:create_socket("inet")
+srv:bind { "127.0.0.1", 0 }
+srv:listen(8)
+]]
+
+-- a Lua script in a file, run as a child process: its handle (and the file)
 local function script(src, args, limit)
   local path = H.tmpname() .. ".lua"
   local f = assert(io.open(path, "w"))
   f:write(src)
   f:close()
-  return H.spawn(("sh -c '%s %s %s; echo exit=$?'"):format(H.LUA, path, args or ""), limit or 30)
+  return H.spawn(("sh -c '%s %s %s; echo exit=$?'"):format(H.LUA, path, args or ""), limit or 30), path
 end
 
 -- the pid of the Lua process of a script() (the child of its sh)
@@ -119,26 +128,17 @@ os.execute("kill -USR1 " .. core.getpid())
 asyncore.sleep(0.5)
 print("survived")
 ]]
-    local p = script(src)
+    local p, path = script(src)
     p.wait_line("exit=%d+", 15)
     local out = p.output()
     assert.is_nil(out:match("survived"))
     assert.matches("exit=138", out)          -- 128 + SIGUSR1: the default disposition
-    local path = H.tmpname() .. ".lua"
-    local f = assert(io.open(path, "w"))
-    f:write(src)
-    f:close()
     local out2 = H.capture(("trap '' USR1; %s %s"):format(H.LUA, path))
     assert.matches("survived", out2)         -- ignored before: ignored again
   end)
 
   it("on_signal(\"INT\"): Ctrl-C runs the handler instead of leaving the loop", function()
-    local p = script([[
-local asyncore = require "asyncore"
-local srv = asyncore.dispatcher()
-srv:create_socket("inet")
-srv:bind { "127.0.0.1", 0 }
-srv:listen(8)
+    local p = script(LISTENER .. [[
 asyncore.on_signal("INT", function(name) print("got " .. name) asyncore.shutdown(1) end)
 print("ready")
 io.stdout:flush()
@@ -209,12 +209,7 @@ print("loop returned")
   end)
 
   it("shutdown: after the grace period what is left is closed and loop() returns", function()
-    local p = script([[
-local asyncore = require "asyncore"
-local srv = asyncore.dispatcher()
-srv:create_socket("inet")
-srv:bind { "127.0.0.1", 0 }
-srv:listen(8)
+    local p = script(LISTENER .. [[
 function srv:handle_accepted(sock)
   local c = asyncore.dispatcher_with_send(sock)
   c:send(string.rep("z", 32 * 1024 * 1024))      -- more than a reader that never reads takes
