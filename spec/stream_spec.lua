@@ -111,6 +111,49 @@ describe("streams", function()
     srv:close()
   end)
 
+  it("serve gives the peer's address to a handler that takes it (a parameter or ...); a served stream is connected until it closes", function()
+    local seen = {}
+    local function handler_of(name, take)
+      return function(s, ...)
+        local addr = take(...)
+        local before, peer = s.connected, s:getpeername()
+        s:write(name, "\n")
+        s:close()
+        seen[name] = { addr = addr, before = before, after = s.connected, peer = peer }
+      end
+    end
+    local named = asyncore.serve("127.0.0.1", 0, function(s, addr)
+      return handler_of("named", function() return addr end)(s)
+    end)
+    local vararg = asyncore.serve("127.0.0.1", 0, handler_of("vararg", function(...) return (...) end))
+    local none = asyncore.serve("127.0.0.1", 0, function(s)
+      seen.none = { connected = s.connected, peer = s:getpeername() }
+      s:write("none\n")
+      s:close()
+    end)
+    local got = {}
+    for _, srv in ipairs { named, vararg, none } do
+      asyncore.spawn(function()
+        local c = assert(asyncore.open_stream("127.0.0.1", srv.port))
+        local mine = c:getsockname()
+        local line = c:read()
+        got[line] = mine
+        c:close()
+      end)
+    end
+    H.run_until(function() return got.named and got.vararg and got.none end, 10)
+    for _, name in ipairs { "named", "vararg" } do
+      local v = seen[name]
+      assert.same(got[name], v.addr)
+      assert.same(v.peer, v.addr)
+      assert.is_true(v.before)
+      assert.is_false(v.after)
+    end
+    assert.is_true(seen.none.connected)
+    assert.same(got.none, seen.none.peer)
+    named:close(); vararg:close(); none:close()
+  end)
+
   it("a writer suspends while a slow reader's queue is high: memory bounded, everything intact", function()
     local p = H.spawn(PY .. "--slow 33554432", 60)
     local port = tonumber(p.wait_line("port (%d+)"))

@@ -33,6 +33,20 @@ void ac_setfuncs(lua_State *L, const luaL_Reg *l, int st, int mt)
     luaL_setfuncs(L, l, AC_NUP);
 }
 
+int ac_chanbool(lua_State *L, int t, enum ac_key k)
+{
+    t = lua_absindex(L, t);
+    ac_pushkey(L, k);
+    if (lua_rawget(L, t) == LUA_TNIL) {
+        lua_pop(L, 1);
+        ac_pushkey(L, k);
+        lua_gettable(L, t);
+    }
+    int b = lua_type(L, -1) > LUA_TBOOLEAN || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return b;
+}
+
 int ac_rawbool(lua_State *L, int t, enum ac_key k)
 {
     t = lua_absindex(L, t);

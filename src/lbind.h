@@ -28,7 +28,9 @@ enum { UV_MAPS = 1,   /* weak table: map -> map state (lreg.c) */
        UV_ACCEPTED,   /* the socket the last accept() returned, while handle_accept runs */
        UV_TASKS,      /* the live tasks: light userdata (its C state) -> task (ltask.c) */
        UV_TASKMT,     /* the tasks' metatable, asyncore's Task class (ltask.c) */
-       UV_COUNT = UV_TASKMT };
+       UV_TASKDATA,   /* weak-keyed: task -> its table of Lua-side fields, for the
+                         tasks that have one (ltask.c) */
+       UV_COUNT = UV_TASKDATA };
 
 typedef struct ac_state {
     char *rbuf;             /* the reused receive buffer */
@@ -99,6 +101,9 @@ void ac_setfuncs(lua_State *L, const luaL_Reg *l, int st, int mt);
 
 /* is t[k] (raw) true? a non-boolean value counts as true */
 int ac_rawbool(lua_State *L, int t, enum ac_key k);
+/* is t[k] true as Lua reads it: the instance's own field, else its class's?
+** (`connected`: a served stream's class says it, the instance need not) */
+int ac_chanbool(lua_State *L, int t, enum ac_key k);
 /* the userdata at idx if it is `size` bytes and starts with `magic`, else
 ** NULL (inline: it runs on every method call) */
 static inline void *ac_testud(lua_State *L, int idx, size_t size, uint64_t magic)

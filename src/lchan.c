@@ -51,7 +51,7 @@ static int lds_writable(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     ac_socket *s = ac_chansock(L, 1);
     lua_pushboolean(L, (s && (buffer_len(&s->out) > 0 || (s->flags & (SF_DS_CLOSE | SF_SHUT_REQ)))) ||
-                       !ac_rawbool(L, 1, K_CONNECTED));
+                       !ac_chanbool(L, 1, K_CONNECTED));
     return 1;
 }
 
@@ -293,10 +293,10 @@ static int lds_out_buffer_size(lua_State *L)
 ** once per episode (until an accept works again) at "error", which the
 ** default ignore_log_types shows, with the descriptor limit.
 */
-static int lchan_accept(lua_State *L)
+static int accept_one(lua_State *L, int want_addr)
 {
     ac_socket *s = ac_checkchan(L, 1, "accept");
-    int err, n = ac_accept(L, s, &err);
+    int err, n = ac_accept(L, s, &err, want_addr);
     if (n) {
         s->flags |= SF_ACCEPTED;
         s->flags &= ~SF_NOFD_LOGGED;
@@ -325,6 +325,19 @@ static int lchan_accept(lua_State *L)
     }
     lua_pushnil(L);
     return 1;
+}
+
+/* dispatcher:accept(): sock, addr (nil when none is pending) */
+static int lchan_accept(lua_State *L)
+{
+    return accept_one(L, 1);
+}
+
+/* core.dispatcher.accept_socket(self): accept() without the peer's address
+** (a listener whose handle_accepted does not use it makes no table) */
+static int lchan_accept_socket(lua_State *L)
+{
+    return accept_one(L, 0);
 }
 
 /*
@@ -505,7 +518,7 @@ int ac_chan_read_event(lua_State *L, int chan, ac_socket *s)
         }
         return 0;
     }
-    if ((s->flags & SF_CONNECTING) && !ac_rawbool(L, chan, K_CONNECTED) &&
+    if ((s->flags & SF_CONNECTING) && !ac_chanbool(L, chan, K_CONNECTED) &&
         ac_rawbool(L, chan, K_CONNECTING)) {
         ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
         if (ac_chan_same(L, chan, gen) == NULL)
@@ -520,7 +533,7 @@ int ac_chan_write_event(lua_State *L, int chan, ac_socket *s)
 {
     if ((s->flags & SF_LISTENING) && ac_rawbool(L, chan, K_ACCEPTING))
         return 0;   /* a listener never gets a write event */
-    if ((s->flags & SF_CONNECTING) && !ac_rawbool(L, chan, K_CONNECTED) &&
+    if ((s->flags & SF_CONNECTING) && !ac_chanbool(L, chan, K_CONNECTED) &&
         ac_rawbool(L, chan, K_CONNECTING)) {
         uint32_t gen = s->gen;
         ac_call_method(L, chan, K_HANDLE_CONNECT_EVENT, 0);
@@ -558,6 +571,7 @@ static int lchan_fileno(lua_State *L)
 
 static const luaL_Reg chan_funcs[] = {
     {"recv", lchan_recv}, {"send", lchan_send}, {"accept", lchan_accept},
+    {"accept_socket", lchan_accept_socket},
     {"readable", lchan_readable}, {"writable", lchan_writable},
     {"handle_read_event", lchan_handle_read_event},
     {"handle_write_event", lchan_handle_write_event},

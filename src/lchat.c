@@ -49,11 +49,37 @@ static int lchat_collect(lua_State *L);
 static int lchat_initiate_send(lua_State *L);
 static int lchat_push(lua_State *L);
 
-static lua_Integer as_size(lua_State *L, int idx)
+static int as_size(lua_State *L, int idx)
 {
     lua_Integer v = lua_isinteger(L, idx) ? lua_tointeger(L, idx) : 65536;
-    return v < 1 ? 1 : v > INT_MAX ? INT_MAX : v;
+    return v < 1 ? 1 : v > INT_MAX ? INT_MAX : (int)v;
 }
+
+/* the chat's framing store, made on first use (raises ENOMEM) */
+static ac_chat_fr *chat_fr(lua_State *L, ac_chat *c)
+{
+    if (c->fr == NULL) {
+        c->fr = malloc(sizeof *c->fr);
+        if (c->fr == NULL)
+            ac_raise_nomem(L, "async_chat");
+        buffer_init(&c->fr->collected);
+        buffer_init(&c->fr->batch);
+    }
+    return c->fr;
+}
+
+static void chat_fr_free(ac_chat *c)
+{
+    if (c->fr != NULL) {
+        buffer_free(&c->fr->collected);
+        buffer_free(&c->fr->batch);
+        free(c->fr);
+        c->fr = NULL;
+    }
+}
+
+#define BATCH_LEN(c)     ((c)->fr ? buffer_len(&(c)->fr->batch) : 0)
+#define COLLECTED_LEN(c) ((c)->fr ? buffer_len(&(c)->fr->collected) : 0)
 
 /*
 ** Read the attributes the hot paths need from the class of the channel at 1,
@@ -186,8 +212,7 @@ static int chat_gc(lua_State *L)
     ac_chat *c = luaL_checkudata(L, 1, CHAT_MT);
     c->finalized = 1;
     buffer_free(&c->in);
-    buffer_free(&c->collected);
-    buffer_free(&c->batch);
+    chat_fr_free(c);
     free(c->term);
     c->term = NULL;
     return 0;
@@ -200,8 +225,6 @@ static int lchat_new(lua_State *L)
     memset(c, 0, sizeof *c);
     c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
-    buffer_init(&c->collected);
-    buffer_init(&c->batch);
     c->kind = TERM_NONE;
     c->head = c->tail = 1;
     luaL_setmetatable(L, CHAT_MT);
@@ -222,20 +245,20 @@ static void push_queue(lua_State *L, int ci)
 
 #define queue_empty(c) ((c)->head == (c)->tail)
 /* output waiting: queued, or gathered in the batch buffer */
-#define out_pending(c) (!queue_empty(c) || buffer_len(&(c)->batch) > 0)
+#define out_pending(c) (!queue_empty(c) || BATCH_LEN(c) > 0)
 #define BATCH_MAX 16384   /* pushes gathered by copy, per batch; more go to the queue */
 
 /* move the batch buffer's bytes to the end of the (then empty) queue of chat
 ** c at ci, as one string: whatever is queued next comes after them */
 static void batch_to_queue(lua_State *L, ac_chat *c, int ci)
 {
-    if (buffer_len(&c->batch) == 0)
+    if (BATCH_LEN(c) == 0)
         return;
     push_queue(L, ci);
-    lua_pushlstring(L, buffer_begin(&c->batch), buffer_len(&c->batch));
+    lua_pushlstring(L, buffer_begin(&c->fr->batch), buffer_len(&c->fr->batch));
     lua_rawseti(L, -2, c->tail++);
     lua_pop(L, 1);
-    buffer_clear(&c->batch);
+    buffer_clear(&c->fr->batch);
 }
 
 /* mark the channel's socket with the queue state and update its interest */
@@ -363,7 +386,7 @@ static int lchat_collect(lua_State *L)
     ac_chat *c = checkchat(L, 1, "collect_incoming_data");
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
-    if (buffer_append(&c->collected, p, n) != 0)
+    if (buffer_append(&chat_fr(L, c)->collected, p, n) != 0)
         return ac_raise_nomem(L, "async_chat");
     return 0;
 }
@@ -371,15 +394,20 @@ static int lchat_collect(lua_State *L)
 static int lchat_get_data(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "get_data");
-    lua_pushlstring(L, buffer_begin(&c->collected), buffer_len(&c->collected));
-    buffer_clear(&c->collected);
+    if (c->fr == NULL) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushlstring(L, buffer_begin(&c->fr->collected), buffer_len(&c->fr->collected));
+    buffer_clear(&c->fr->collected);
     return 1;
 }
 
 /* drop the queued output of chat c (at ci): strings, producers, marks */
 static void drop_output(lua_State *L, ac_chat *c, int ci)
 {
-    buffer_clear(&c->batch);
+    if (c->fr != NULL)
+        buffer_clear(&c->fr->batch);
     lua_pushnil(L);
     lua_setiuservalue(L, ci, 1);
     c->head = c->tail = 1;
@@ -394,12 +422,13 @@ static void drop_all(lua_State *L, ac_chat *c, int ci, int release)
 {
     if (release) {
         buffer_free(&c->in);
-        buffer_free(&c->collected);
-        buffer_free(&c->batch);
+        chat_fr_free(c);
     } else {
         buffer_clear(&c->in);
-        buffer_clear(&c->collected);
-        buffer_clear(&c->batch);
+        if (c->fr != NULL) {
+            buffer_clear(&c->fr->collected);
+            buffer_clear(&c->fr->batch);
+        }
     }
     c->scanned = 0;
     drop_output(L, c, ci);
@@ -433,7 +462,7 @@ static void collect(lua_State *L, ac_chat *c, size_t n, int stock)
     if (n == 0)
         return;
     if (stock) {
-        if (buffer_append(&c->collected, buffer_begin(&c->in), n) != 0)
+        if (buffer_append(&chat_fr(L, c)->collected, buffer_begin(&c->in), n) != 0)
             ac_raise_nomem(L, "async_chat");
         buffer_consume(&c->in, n);
         return;
@@ -557,7 +586,7 @@ static int lchat_handle_read(lua_State *L)
             !(s->flags & (SF_CONNECTING | SF_FILE))) {
             /* all of it in the batch buffer: straight from there */
             size_t sent = 0;
-            int err = s->tp->write(s, buffer_begin(&c->batch), buffer_len(&c->batch), &sent);
+            int err = s->tp->write(s, buffer_begin(&c->fr->batch), buffer_len(&c->fr->batch), &sent);
             if (err && err != EAGAIN) {
                 drop_output(L, c, 2);
                 s->flags &= ~SF_CHAT_PENDING;
@@ -565,7 +594,7 @@ static int lchat_handle_read(lua_State *L)
                     return ac_call_method(L, 1, K_HANDLE_CLOSE, 0), 0;
                 return ac_raise(L, "send", err);
             }
-            buffer_consume(&c->batch, sent);
+            buffer_consume(&c->fr->batch, sent);
             c->queued -= sent;
             batch_to_queue(L, c, 2);    /* what the kernel did not take */
             if (queue_empty(c))
@@ -584,13 +613,13 @@ static int lchat_handle_read(lua_State *L)
             return 0;
     }
 
-    if (buffer_len(&c->in) + buffer_len(&c->collected) == 0)
+    if (buffer_len(&c->in) + COLLECTED_LEN(c) == 0)
         return 0;                                   /* nothing held: no limit to check */
     ac_pushkey(L, K_MAX_IN_BUFFER);
     lua_gettable(L, 1);
     if (lua_isinteger(L, -1)) {
         lua_Integer max = lua_tointeger(L, -1);
-        if ((lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)) > max) {
+        if ((lua_Integer)(buffer_len(&c->in) + COLLECTED_LEN(c)) > max) {
             /* the input cannot be framed: nothing more is read (once, even
             ** if handle_close waits for queued output to go first) */
             s->flags |= SF_RD_EOF;
@@ -749,9 +778,9 @@ static int lchat_push(lua_State *L)
     /* while a batch is framed, gather (small pieces by copy): unless this is
     ** its last frame (nothing more is buffered) and nothing was gathered,
     ** which goes straight out as outside a batch */
-    int gather = c->framing && (buffer_len(&c->in) > 0 || buffer_len(&c->batch) > 0);
-    if (gather && queue_empty(c) && buffer_len(&c->batch) + len <= BATCH_MAX) {
-        if (buffer_append(&c->batch, p, len) != 0)
+    int gather = c->framing && (buffer_len(&c->in) > 0 || BATCH_LEN(c) > 0);
+    if (gather && queue_empty(c) && BATCH_LEN(c) + len <= BATCH_MAX) {
+        if (buffer_append(&chat_fr(L, c)->batch, p, len) != 0)
             return ac_raise_nomem(L, "push");
         c->queued += len;
         mark_batch_output(L);
@@ -1108,9 +1137,11 @@ void ac_chat_handover(lua_State *L, int chan, ac_buffer *clear, ac_buffer *prefi
         if (lua_rawgeti(L, top + 2, k) == LUA_TBOOLEAN)
             luaL_error(L, "start_tls: close_when_done() or shutdown_when_done() is queued");
     lua_settop(L, top + 2);
-    if (buffer_append(clear, buffer_begin(&c->batch), buffer_len(&c->batch)) != 0)
-        ac_raise_nomem(L, "start_tls");
-    buffer_clear(&c->batch);
+    if (BATCH_LEN(c) > 0) {
+        if (buffer_append(clear, buffer_begin(&c->fr->batch), buffer_len(&c->fr->batch)) != 0)
+            ac_raise_nomem(L, "start_tls");
+        buffer_clear(&c->fr->batch);
+    }
     while (!queue_empty(c)) {
         int t = lua_rawgeti(L, top + 2, c->head);
         if (t == LUA_TSTRING) {
@@ -1163,7 +1194,7 @@ static int lchat_discard_buffers(lua_State *L)
 static int lchat_writable(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "writable");
-    lua_pushboolean(L, out_pending(c) || !ac_rawbool(L, 1, K_CONNECTED));
+    lua_pushboolean(L, out_pending(c) || !ac_chanbool(L, 1, K_CONNECTED));
     return 1;
 }
 
@@ -1171,8 +1202,8 @@ static int lchat_writable(lua_State *L)
 static int lchat_buffered(lua_State *L)
 {
     ac_chat *c = checkchat(L, 1, "buffered");
-    lua_pushinteger(L, (lua_Integer)(buffer_len(&c->in) + buffer_len(&c->collected)));
-    lua_pushinteger(L, (lua_Integer)(c->tail - c->head) + (buffer_len(&c->batch) > 0));
+    lua_pushinteger(L, (lua_Integer)(buffer_len(&c->in) + COLLECTED_LEN(c)));
+    lua_pushinteger(L, (lua_Integer)(c->tail - c->head) + (BATCH_LEN(c) > 0));
     return 2;
 }
 

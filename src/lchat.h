@@ -9,14 +9,20 @@
 
 #define AC_CHAT_MAGIC UINT64_C(0x6c75612d61632d63)   /* "lua-ac-c": see AC_SOCK_MAGIC */
 
+/* what only framing chats use, made on first use (chat_fr in lchat.c): a
+** stream or a chat that frames with its own collector never makes it */
+typedef struct ac_chat_fr {
+    ac_buffer collected;    /* the stock collect_incoming_data's store */
+    ac_buffer batch;        /* small pushes of the batch being framed, copied together
+                               while the queue is empty (they precede the queue) */
+} ac_chat_fr;
+
 /* the C state of an async_chat channel (its `_chat` field); the fields past
 ** `stream` are a task stream's (lstream.c) */
 typedef struct ac_chat {
     uint64_t magic;         /* AC_CHAT_MAGIC */
     ac_buffer in;           /* received, not yet framed */
-    ac_buffer collected;    /* the stock collect_incoming_data's store */
-    ac_buffer batch;        /* small pushes of the batch being framed, copied together
-                               while the queue is empty (they precede the queue) */
+    ac_chat_fr *fr;         /* collected data and the batch buffer, or NULL */
     char *term;             /* TERM_STRING: the bytes */
     size_t termlen;
     lua_Integer count;      /* TERM_COUNT: bytes still expected */
@@ -26,7 +32,7 @@ typedef struct ac_chat {
     size_t queued;          /* bytes waiting: the batch, the queue's strings (less head_off) */
     /* what the channel's class says, read once per class version (see chat_class) */
     const void *cls;        /* the instance's dispatch table when read, or NULL */
-    lua_Integer cls_in_size, cls_out_size;
+    int cls_in_size, cls_out_size;   /* 1 .. INT_MAX */
     uint32_t cls_version;
     unsigned char cls_collect_stock, cls_initiate_stock;
     unsigned char kind;     /* TERM_* */

@@ -115,7 +115,7 @@ void ac_flow_shut_done(lua_State *L, int chan, ac_socket *s)
 
 int ac_flow_drain_first(lua_State *L, int chan, ac_socket *s, int queued)
 {
-    return s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) && ac_rawbool(L, chan, K_CONNECTED) &&
+    return s != NULL && !sock_isclosed(s) && !(s->flags & SF_WR_SHUT) && ac_chanbool(L, chan, K_CONNECTED) &&
            (queued || (s->tp->flush && s->tp->flush(s) != 0));
 }
 

@@ -474,10 +474,10 @@ static void set_nodelay(const ac_socket *s)
 }
 
 /*
-** Accept one connection: pushes sock, addr and returns 2, or returns 0 with
-** *err set (EAGAIN when none was pending).
+** Accept one connection: pushes sock and (want_addr) addr and returns the
+** count, or returns 0 with *err set (EAGAIN when none was pending).
 */
-int ac_accept(lua_State *L, ac_socket *s, int *errp)
+int ac_accept(lua_State *L, ac_socket *s, int *errp, int want_addr)
 {
     ac_sockaddr a;
     ac_socket *ns = ac_newsock(L);
@@ -492,18 +492,19 @@ int ac_accept(lua_State *L, ac_socket *s, int *errp)
     ns->type = s->type;
     ns->flags = SF_NONBLOCK | SF_FROM_ACCEPT;
     set_nodelay(ns);
-    ac_pushaddr(L, &a);
+    if (want_addr)
+        ac_pushaddr(L, &a);
     *errp = 0;
     /* remembered while handle_accept runs: an error there closes this one */
-    lua_pushvalue(L, -2);
+    lua_pushvalue(L, want_addr ? -2 : -1);
     lua_setiuservalue(L, lua_upvalueindex(UP_STATE), UV_ACCEPTED);
-    return 2;
+    return want_addr ? 2 : 1;
 }
 
 static int lsock_accept(lua_State *L)
 {
     ac_socket *s = ac_checksock(L, 1, "accept");
-    int err, n = ac_accept(L, s, &err);
+    int err, n = ac_accept(L, s, &err, 1);
     if (n)
         return n;
     if (err == EAGAIN || err == ECONNABORTED) {

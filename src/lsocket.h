@@ -114,8 +114,9 @@ void ac_pushaddrtext(lua_State *L, const ac_sockaddr *a);
 int ac_checkaddr(lua_State *L, int idx, const ac_socket *s, ac_sockaddr *a, int *nargs, const char *op);
 /* the state's reused receive buffer, grown to n (capped); may be smaller */
 char *ac_rbuf(ac_state *S, size_t n);
-/* accept one: pushes sock, addr and returns 2, or returns 0 with *errp */
-int ac_accept(lua_State *L, ac_socket *s, int *errp);
+/* accept one: pushes sock and (with want_addr) its peer's address and
+** returns how many it pushed (2 or 1), or returns 0 with *errp */
+int ac_accept(lua_State *L, ac_socket *s, int *errp, int want_addr);
 void ac_socket_open(lua_State *L, int st, int mt);
 int lsocket_new(lua_State *L);
 int lsocket_wrapfd(lua_State *L);

@@ -28,10 +28,11 @@
 #include "ltask.h"
 #include "lerror.h"
 
-#define AC_TASK_MAGIC UINT64_C(0x6c75612d61632d74)   /* "lua-ac-t": see AC_SOCK_MAGIC */
+#define AC_TASK_MAGIC UINT32_C(0x6b736174)   /* "task": see AC_SOCK_MAGIC (with the size) */
 /* the user values: the coroutine; the object the task is bound to (what it
-** guards when t->guarded, else what it last resolved); its field table */
-enum { UVT_CO = 1, UVT_BOUND, UVT_DATA, UVT_COUNT = UVT_DATA };
+** guards when t->guarded, else what it last resolved). Its field table, when
+** it has one, is in the state's weak-keyed UV_TASKDATA (an idle task is small) */
+enum { UVT_CO = 1, UVT_BOUND, UVT_COUNT = UVT_BOUND };
 
 static char token;   /* its address is what a waiting task yields */
 
@@ -55,7 +56,8 @@ int ac_tasks_ready(lua_State *L)
 
 static ac_task *totask(lua_State *L, int idx)
 {
-    return ac_testud(L, idx, sizeof(ac_task), AC_TASK_MAGIC);
+    ac_task *t = lua_touserdata(L, idx);
+    return t != NULL && lua_rawlen(L, idx) == sizeof *t && t->magic == AC_TASK_MAGIC ? t : NULL;
 }
 
 static ac_task *checktask(lua_State *L, int idx)
@@ -77,14 +79,22 @@ static void push_task(lua_State *L, ac_task *t)
 /* push the task's table of Lua-side fields (made when `make`), or return 0 */
 static int push_data(lua_State *L, int ti, int make)
 {
-    if (lua_getiuservalue(L, ti, UVT_DATA) == LUA_TTABLE)
-        return 1;
-    lua_pop(L, 1);
-    if (!make)
+    ac_task *t = lua_touserdata(L, ti);
+    if (!t->hasdata && !make)
         return 0;
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, ti, UVT_DATA);
+    ti = lua_absindex(L, ti);
+    lua_getiuservalue(L, lua_upvalueindex(UP_STATE), UV_TASKDATA);
+    if (t->hasdata) {
+        lua_pushvalue(L, ti);
+        lua_rawget(L, -2);
+    } else {
+        lua_createtable(L, 0, 2);
+        lua_pushvalue(L, ti);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -4);
+        t->hasdata = 1;
+    }
+    lua_remove(L, -2);
     return 1;
 }
 
@@ -547,5 +557,11 @@ void ac_task_open(lua_State *L, int st, int mt)
 {
     lua_newtable(L);
     lua_setiuservalue(L, st, UV_TASKS);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, st, UV_TASKDATA);
     ac_setfuncs(L, task_funcs, st, mt);
 }

@@ -16,15 +16,16 @@
 enum { TS_RUNNING, TS_WAITING, TS_DONE, TS_FAILED, TS_CANCELLED };
 
 typedef struct ac_task {
-    uint64_t magic;         /* AC_TASK_MAGIC */
+    uint32_t magic;         /* AC_TASK_MAGIC */
+    unsigned status : 3;    /* TS_* */
+    unsigned ready : 1;     /* on the ready list */
+    unsigned started : 1;   /* resumed at least once */
+    unsigned cancel : 1;    /* cancel() asked: the wait it is in raises ECANCELED */
+    unsigned live : 1;      /* in the live set */
+    unsigned inside : 1;    /* being resumed now */
+    unsigned guarded : 1;   /* it closes what it is bound to when it ends */
+    unsigned hasdata : 1;   /* it has a table of Lua-side fields (UV_TASKDATA) */
     lua_State *co;          /* its coroutine; NULL once it ended */
-    unsigned char status;   /* TS_* */
-    unsigned char ready;    /* on the ready list */
-    unsigned char started;  /* resumed at least once */
-    unsigned char cancel;   /* cancel() asked: the wait it is in raises ECANCELED */
-    unsigned char live;     /* in the live set */
-    unsigned char inside;   /* being resumed now */
-    unsigned char guarded;  /* it closes what it is bound to when it ends */
     /* what the task last resolved (a stream's chat from the stream table,
     ** lstream.c): akey is the object's address, aval what it resolves to;
     ** the task anchors the object, so the address cannot be reused */

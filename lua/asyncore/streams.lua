@@ -35,8 +35,20 @@ local Stream = asynchat.async_chat:extend()
 Stream.__name = "asyncore.stream"
 Stream.allow_half_open = true        -- the end of the peer's data is a read's concern
 
-function Stream:init(sock, map)
-  asynchat.async_chat.init(self, sock, map)
+local update_interest = core.update_interest
+
+-- `accepted`: sock came from accept() (serve): it is connected and the
+-- handler gets its peer's address from accept, so the stream asks for no
+-- address of its own (an idle served connection keeps no address table)
+function Stream:init(sock, map, accepted)
+  if accepted then
+    rawset(self, "_chat", core.chat_new())
+    if map ~= nil then rawset(self, "_map", map) end
+    self:set_socket(sock, map)
+    update_interest(self)
+  else
+    asynchat.async_chat.init(self, sock, map)
+  end
   core.stream_mode(self)
 end
 
@@ -310,11 +322,16 @@ end
 
 local SERVE_OPTS = { backlog = true, tls = true, reuseport = true, map = true }
 
+-- the streams serve makes: connected from the start, which their class says
+-- (an instance field only once that changes: an idle stream has two fields)
+local Served = Stream:extend()
+Served.connected = true
+
 local Server = asyncore.dispatcher:extend()
 Server.__name = "asyncore.stream_server"
 
 function Server:handle_accepted(sock, addr)
-  local s = Stream(sock, rawget(self, "_smap"))
+  local s = Served(sock, rawget(self, "_smap"), true)
   local handler, tls = rawget(self, "_handler"), rawget(self, "_tls")
   if tls then asynchat.async_chat.start_tls(s, tls) end
   -- the task closes the stream when it ends (it guards it)
@@ -324,7 +341,7 @@ function Server:handle_accepted(sock, addr)
       return handler(s, addr)
     end)
   else
-    task_spawn(s, handler, s, rawget(s, "addr") or addr)   -- one address table, the stream's
+    task_spawn(s, handler, s, addr)
   end
 end
 
@@ -335,6 +352,9 @@ function M.serve(host, port, handler, opts)
   opts = check_opts(opts, 4, "serve", SERVE_OPTS)
   local srv = Server(nil, opts.map)
   rawset(srv, "_handler", handler)
+  -- a handler that takes no address gets none: accept() makes no table for it
+  local info = debug.getinfo(handler, "u")
+  if info.nparams < 2 and not info.isvararg then rawset(srv, "accept", core.dispatcher.accept_socket) end
   rawset(srv, "_tls", opts.tls)
   rawset(srv, "_smap", opts.map)
   srv:create_socket(host:find(":", 1, true) and "inet6" or "inet")
