@@ -221,7 +221,7 @@ static int chat_gc(lua_State *L)
 /* core.chat_new(): a fresh chat state */
 static int lchat_new(lua_State *L)
 {
-    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 2);   /* 1: the output queue, 2: a stream's socket */
+    ac_chat *c = lua_newuserdatauv(L, sizeof *c, 1);   /* the output queue and a stream's socket */
     memset(c, 0, sizeof *c);
     c->magic = AC_CHAT_MAGIC;
     buffer_init(&c->in);
@@ -231,14 +231,25 @@ static int lchat_new(lua_State *L)
     return 1;                   /* the queue is made when first needed (push_queue) */
 }
 
-/* push the output queue of the chat at ci (its user value 1), made on first use */
+/*
+** The chat's user value: its output queue (a table: the FIFO at keys head ..
+** tail-1, and a stream's socket, which the chat anchors, at key 0), made on
+** first use; with no queue, a stream's socket itself, or nil.
+*/
+/* push the output queue of the chat at ci, made on first use */
 static void push_queue(lua_State *L, int ci)
 {
-    if (lua_getiuservalue(L, ci, 1) == LUA_TTABLE)
+    ci = lua_absindex(L, ci);
+    int t = lua_getiuservalue(L, ci, 1);
+    if (t == LUA_TTABLE)
         return;
-    ci = lua_absindex(L, ci - (ci < 0));   /* the nil pushed shifts a relative index */
-    lua_pop(L, 1);
     lua_newtable(L);
+    if (t != LUA_TNIL) {        /* a stream's socket: anchored by the queue now */
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 0);
+    } else {
+        lua_remove(L, -2);
+    }
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, ci, 1);
 }
@@ -301,8 +312,8 @@ void ac_chat_after_error(lua_State *L, int chan)
 
 /* lmode.c calls it when the channel joins a map: mark the socket with the
 ** queue state */
-/* a stream's chat keeps its socket (c->sock, anchored as its user value 2):
-** the stream's reads and writes need no lookup. ci: the chat's index */
+/* a stream's chat keeps its socket (c->sock, anchored in its user value, see
+** push_queue): the stream's reads and writes need no lookup. ci: the chat's index */
 static void stream_bind(lua_State *L, ac_chat *c, int ci, int chan)
 {
     ci = lua_absindex(L, ci);
@@ -315,7 +326,14 @@ static void stream_bind(lua_State *L, ac_chat *c, int ci, int chan)
     }
     s->flags |= SF_STREAM;
     c->sock = s;
-    lua_setiuservalue(L, ci, 2);
+    if (lua_getiuservalue(L, ci, 1) == LUA_TTABLE) {
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 0);
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 1);
+        lua_setiuservalue(L, ci, 1);
+    }
 }
 
 static void chat_attach(lua_State *L, int chan, ac_socket *s)
@@ -408,8 +426,12 @@ static void drop_output(lua_State *L, ac_chat *c, int ci)
 {
     if (c->fr != NULL)
         buffer_clear(&c->fr->batch);
-    lua_pushnil(L);
-    lua_setiuservalue(L, ci, 1);
+    ci = lua_absindex(L, ci);
+    if (lua_getiuservalue(L, ci, 1) == LUA_TTABLE) {
+        lua_rawgeti(L, -1, 0);                  /* a stream's socket stays anchored */
+        lua_setiuservalue(L, ci, 1);
+    }
+    lua_pop(L, 1);
     c->head = c->tail = 1;
     c->head_off = 0;
     c->queued = 0;

@@ -58,12 +58,13 @@ struct ac_mapstate;   /* lreg.h */
 typedef struct ac_socket {
     uint64_t magic;         /* AC_SOCK_MAGIC */
     int fd;                 /* -1 once closed */
-    int family, type;
     unsigned flags;         /* SF_* */
-    unsigned mode;          /* CM_* (lreg.h): how the loop asks for its interest */
     uint32_t gen;           /* registration generation while in a map */
     int cidx;               /* index in the map state's custom list, or -1 */
     int mapfd;              /* the key it has in its map (kept after close), or -1 */
+    unsigned char family, type;   /* AF_* (AF_UNSPEC for a file), SOCK_* (0 for a file) */
+    unsigned char mode;     /* CM_* (lreg.h): how the loop asks for its interest */
+    unsigned char to_due;   /* TO_* that expired and wait to be delivered */
     struct ac_mapstate *ms; /* the map state it is registered in, or NULL */
     ac_monotime paused_until; /* a listener out of descriptors rests until then */
     ac_buffer out;          /* dispatcher_with_send's output */
@@ -76,7 +77,6 @@ typedef struct ac_socket {
     ac_monotime to_idle;    /* idle timeout, seconds */
     ac_monotime to_connect, to_handshake;
     ac_monotime to_armed;   /* deadline of its live entry in the map state's heap */
-    unsigned to_due;        /* TO_* that expired and wait to be delivered */
 } ac_socket;
 
 #define sock_isclosed(s) ((s)->fd < 0)
