@@ -313,6 +313,19 @@ describe("asynchat", function()
     peer:close()
   end)
 
+  it("reads `connected` as Lua does: the instance's own field, else its class's", function()
+    local Up = asynchat.async_chat:extend()
+    Up.connected = true
+    local c = Up()
+    assert.is_true(c.connected)
+    assert.is_false(c:writable())    -- connected, by its class, and nothing queued
+    local W = asyncore.dispatcher_with_send:extend()
+    W.connected = true
+    assert.is_false(W():writable())
+    rawset(c, "connected", false)
+    assert.is_true(c:writable())     -- the instance's field comes first
+  end)
+
   it("queues pushes made before the connection and sends them once connected", function()
     local l, port = H.listener()
     local c = asynchat.async_chat()

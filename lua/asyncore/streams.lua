@@ -18,6 +18,7 @@ local core = require "asyncore.core"
 local type, tostring, select, error, rawget, rawset, setmetatable, getmetatable =
   type, tostring, select, error, rawget, rawset, setmetatable, getmetatable
 local format = string.format
+local getinfo = debug and debug.getinfo   -- serve: does the handler take an address?
 local T = core._tasks
 local mode, suspend, wake = T.mode, T.suspend, T.wake
 local task_spawn = core.task_spawn
@@ -353,8 +354,8 @@ function M.serve(host, port, handler, opts)
   local srv = Server(nil, opts.map)
   rawset(srv, "_handler", handler)
   -- a handler that takes no address gets none: accept() makes no table for it
-  local info = debug.getinfo(handler, "u")
-  if info.nparams < 2 and not info.isvararg then rawset(srv, "accept", core.dispatcher.accept_socket) end
+  local info = getinfo and getinfo(handler, "u")
+  if info and info.nparams < 2 and not info.isvararg then rawset(srv, "accept", core.dispatcher.accept_socket) end
   rawset(srv, "_tls", opts.tls)
   rawset(srv, "_smap", opts.map)
   srv:create_socket(host:find(":", 1, true) and "inet6" or "inet")
