@@ -13,6 +13,17 @@ local function pieces(...)
   return p, tonumber(p.wait_line("port (%d+)"))
 end
 
+-- the sha256 of a string, by sha256sum (as the Python peer prints it)
+local function sha256(data)
+  local path = os.tmpname()
+  local f = io.open(path, "wb")
+  f:write(data)
+  f:close()
+  local hex = H.capture("sha256sum " .. path):match("^(%x+)")
+  os.remove(path)
+  return hex
+end
+
 -- run fn as a task and wait (bounded) for its results
 local function run(fn, seconds)
   local t = asyncore.spawn(fn)
@@ -171,13 +182,38 @@ describe("streams", function()
     end, 60)
     assert.is_true(most <= 1024 * 1024 + 65536, "queued up to " .. most)
     p.wait_line("got (%d+) bytes", 60)
-    local path = os.tmpname()
-    local f = io.open(path, "wb")
-    f:write(data)
-    f:close()
-    local want = H.capture("sha256sum " .. path):match("^(%x+)")
-    os.remove(path)
-    assert.matches("got 16777216 bytes " .. want, p.output())
+    assert.matches("got 16777216 bytes " .. sha256(data), p.output())
+    p.kill()
+  end)
+
+  it("write of many strings: all of them, in order, whether the socket takes them at once, in part, or behind a queue", function()
+    local p = H.spawn(PY .. "--slow 16777216", 60)
+    local port = tonumber(p.wait_line("port (%d+)"))
+    local data = H.blob(8 * 1024 * 1024, 7)
+    local writes, returned = 0, true
+    run(function()
+      local s = assert(asyncore.open_stream("127.0.0.1", port))
+      local i, k = 1, 0
+      while i <= #data do
+        k = k % 16 + 1                 -- 1 to 16 strings a write, up to 96,000 bytes
+        local args = {}
+        for j = 1, k do
+          local len = (i * 7 + j * 131) % 6000 + 1
+          args[j] = data:sub(i, i + len - 1)
+          i = i + len
+          if i > #data then break end
+        end
+        if k == 3 then table.insert(args, 2, "") end   -- an empty string among them
+        returned = returned and s:write(table.unpack(args)) == s
+        writes = writes + 1
+      end
+      assert(s:flush())
+      s:close()
+    end, 60)
+    assert.is_true(returned, "write returns the stream")
+    p.wait_line("got (%d+) bytes", 60)
+    assert.matches("got 8388608 bytes " .. sha256(data), p.output())
+    assert.is_true(writes > 300, writes .. " writes")
     p.kill()
   end)
 

@@ -9,14 +9,17 @@
 ** (a yield from C: its continuation asks again) with its task in the
 ** chat's `reader` slot; a read event of the stream wakes that task without
 ** calling into Lua (ac_stream_readable), and the task reads the socket
-** itself. A one-string write goes straight to the socket when nothing is
-** queued. Everything else (timeouts, the top level of a script, errors, a
+** itself. A write of strings goes straight to the socket (one writev) when
+** nothing is queued. A reader that waits with nothing buffered gives the
+** input buffer back: an idle stream holds none. Everything else (timeouts, the top level of a script, errors, a
 ** writer held above the high mark) is the Lua side's (lua/asyncore/
 ** streams.lua), reached with lua_callk.
 */
 #include "config.h"
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 #include "lstream.h"
 #include "lerror.h"
 #include "lflow.h"
@@ -25,6 +28,7 @@
 #define UP_SLOW_WRITE (AC_NUP + 2)
 #define UP_WAIT_WRITABLE (AC_NUP + 3)
 #define READ_SOME_MAX 65536
+#define WRITE_GATHER 16      /* strings a write sends with one writev */
 
 enum { TAKE_GOT, TAKE_MORE, TAKE_EOF, TAKE_TOOBIG };
 
@@ -224,6 +228,8 @@ static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
             return read_slow(L, kind);
     }
     lua_settop(L, 3);
+    if (buffer_len(&c->in) == 0)
+        buffer_free(&c->in);         /* idle from here on, maybe for long */
     c->reader = t;
     c->sflags |= STR_CREADER;
     return ac_task_wait(L, t, kind, read_k);
@@ -303,32 +309,86 @@ static int lstream_read_some(lua_State *L)
     return read_go(L, 's', t, stream_chat(L, t));
 }
 
+/* are the arguments 2..n strings, few and small enough to go out with one
+** writev (or to be queued as one string)? One string of any size is. */
+static int gatherable(lua_State *L, int n)
+{
+    if (n == 2)
+        return lua_type(L, 2) == LUA_TSTRING;
+    if (n < 2 || n > WRITE_GATHER + 1)
+        return 0;
+    size_t total = 0;
+    for (int i = 2; i <= n; i++) {
+        if (lua_type(L, i) != LUA_TSTRING)
+            return 0;
+        total += lua_rawlen(L, i);
+    }
+    return total <= READ_SOME_MAX;
+}
+
 /*
-** stream:write(...): one string goes straight to the socket when nothing is
+** The strings at 2..n: when nothing is queued, as many as the socket takes
+** now, with one writev. Returns 1 when all went out, else 0 with what is
+** left as one string at 2 (the top) for the queue.
+*/
+static int write_strings(lua_State *L, ac_chat *c, ac_socket *s, int n)
+{
+    struct iovec iov[WRITE_GATHER];
+    int k = 0;
+    size_t total = 0, sent = 0;
+    for (int i = 2; i <= n; i++) {
+        size_t len;
+        const char *p = lua_tolstring(L, i, &len);
+        if (len > 0) {
+            iov[k].iov_base = (void *)(uintptr_t)p;
+            iov[k].iov_len = len;
+            k++;
+            total += len;
+        }
+    }
+    if (total == 0)
+        return 1;
+    if (total <= READ_SOME_MAX && ac_chat_write_now(c, s)) {
+        int err = k == 1 ? s->tp->write(s, iov[0].iov_base, total, &sent)
+                         : s->tp->writev(s, iov, k, &sent);
+        if (err == 0 && sent == total)
+            return 1;
+    }
+    if (n == 2 && sent == 0)
+        return 0;                            /* the string at 2 is the rest */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);                    /* the rest, as one string */
+    for (int i = 0; i < k; i++) {
+        size_t len = iov[i].iov_len;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        luaL_addlstring(&b, (const char *)iov[i].iov_base + sent, len - sent);
+        sent = 0;
+    }
+    luaL_pushresult(&b);
+    lua_replace(L, 2);
+    lua_settop(L, 2);
+    return 0;
+}
+
+/*
+** stream:write(...): strings go straight to the socket when nothing is
 ** queued, else on the chat's queue; above the high mark (or after an error)
-** the Lua side waits or reports. More arguments, or anything unusual: the
-** Lua side's write.
+** the Lua side waits or reports. Anything unusual (other arguments, an
+** error, a writer already waiting): the Lua side's write.
 */
 static int lstream_write(lua_State *L)
 {
     int n = lua_gettop(L);
-    ac_chat *c = n == 2 && lua_type(L, 2) == LUA_TSTRING ? stream_chat(L, ac_task_current(L)) : NULL;
+    ac_chat *c = gatherable(L, n) ? stream_chat(L, ac_task_current(L)) : NULL;
     if (c != NULL && c->stream && !(c->sflags & (STR_ERR | STR_WPAUSED)) && c->writer == NULL) {
         ac_socket *s = stream_sock(L, c);
         if (s != NULL && !sock_isclosed(s)) {
-            size_t len;
-            const char *p = lua_tolstring(L, 2, &len);
-            if (len > 0 && len <= READ_SOME_MAX && ac_chat_write_now(c, s)) {
-                size_t sent = 0;
-                int err = s->tp->write(s, p, len, &sent);
-                if (err == 0 && sent == len) {
-                    lua_settop(L, 1);
-                    return 1;
-                }
-                if (sent > 0) {              /* the rest goes on the queue */
-                    lua_pushlstring(L, p + sent, len - sent);
-                    lua_replace(L, 2);
-                }
+            if (write_strings(L, c, s, n)) {
+                lua_settop(L, 1);
+                return 1;
             }
             ac_chat_push(L);
             lua_settop(L, 1);
