@@ -228,7 +228,7 @@ static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
             return read_slow(L, kind);
     }
     lua_settop(L, 3);
-    if (buffer_len(&c->in) == 0)
+    if (c->in.data != NULL && buffer_len(&c->in) == 0)
         buffer_free(&c->in);         /* idle from here on, maybe for long */
     c->reader = t;
     c->sflags |= STR_CREADER;
@@ -327,8 +327,8 @@ static int gatherable(lua_State *L, int n)
 }
 
 /*
-** The strings at 2..n: when nothing is queued, as many as the socket takes
-** now, with one writev. Returns 1 when all went out, else 0 with what is
+** The strings at 2..n (n > 2): when nothing is queued, as many as the socket
+** takes now, with one writev. Returns 1 when all went out, else 0 with what is
 ** left as one string at 2 (the top) for the queue.
 */
 static int write_strings(lua_State *L, ac_chat *c, ac_socket *s, int n)
@@ -349,13 +349,10 @@ static int write_strings(lua_State *L, ac_chat *c, ac_socket *s, int n)
     if (total == 0)
         return 1;
     if (total <= READ_SOME_MAX && ac_chat_write_now(c, s)) {
-        int err = k == 1 ? s->tp->write(s, iov[0].iov_base, total, &sent)
-                         : s->tp->writev(s, iov, k, &sent);
+        int err = s->tp->writev(s, iov, k, &sent);
         if (err == 0 && sent == total)
             return 1;
     }
-    if (n == 2 && sent == 0)
-        return 0;                            /* the string at 2 is the rest */
     luaL_Buffer b;
     luaL_buffinit(L, &b);                    /* the rest, as one string */
     for (int i = 0; i < k; i++) {
@@ -386,9 +383,26 @@ static int lstream_write(lua_State *L)
     if (c != NULL && c->stream && !(c->sflags & (STR_ERR | STR_WPAUSED)) && c->writer == NULL) {
         ac_socket *s = stream_sock(L, c);
         if (s != NULL && !sock_isclosed(s)) {
-            if (write_strings(L, c, s, n)) {
-                lua_settop(L, 1);
-                return 1;
+            if (n > 2) {
+                if (write_strings(L, c, s, n)) {
+                    lua_settop(L, 1);
+                    return 1;
+                }
+            } else {                         /* one string: the common case */
+                size_t len;
+                const char *p = lua_tolstring(L, 2, &len);
+                if (len > 0 && len <= READ_SOME_MAX && ac_chat_write_now(c, s)) {
+                    size_t sent = 0;
+                    int err = s->tp->write(s, p, len, &sent);
+                    if (err == 0 && sent == len) {
+                        lua_settop(L, 1);
+                        return 1;
+                    }
+                    if (sent > 0) {          /* the rest goes on the queue */
+                        lua_pushlstring(L, p + sent, len - sent);
+                        lua_replace(L, 2);
+                    }
+                }
             }
             ac_chat_push(L);
             lua_settop(L, 1);
