@@ -473,6 +473,8 @@ static int lstream_take(lua_State *L)
         lua_pushliteral(L, "EMSGSIZE");
         return 2;
     }
+    if (r == TAKE_MORE && c->in.data != NULL && buffer_len(&c->in) == 0)
+        buffer_free(&c->in);                   /* the Lua side waits: as read_go does */
     lua_pushnil(L);
     lua_pushstring(L, r == TAKE_EOF ? "eof" : "more");
     return 2;
