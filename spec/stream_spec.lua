@@ -288,6 +288,71 @@ describe("streams", function()
     p.kill()
   end)
 
+  it("timed reads in tasks: the deadline covers the whole read, for 20 streams at once; 0 does not wait", function()
+    local results = {}
+    local srv = asyncore.serve("127.0.0.1", 0, function(s)
+      s:settimeout(0.5)
+      local t0 = asyncore.now()
+      local r, e = s:read()          -- pieces come every 0.15 s for 3 s, the end of the line only later
+      local waited = asyncore.now() - t0
+      s:write("T\n")
+      s:settimeout(0)
+      local r0, e0 = s:read()        -- the line is not complete: at once
+      s:settimeout(10)
+      local rest = s:read()
+      results[#results + 1] = { r = r, e = e, waited = waited, r0 = r0, e0 = e0, rest = rest }
+    end)
+    for _ = 1, 20 do
+      asyncore.spawn(function()
+        local c = assert(asyncore.open_stream("127.0.0.1", srv.port))
+        for i = 1, 20 do
+          c:write(("%02d"):format(i))
+          asyncore.sleep(0.15)
+        end
+        assert.equal("T", c:read())
+        c:write("end\n")
+        c:read()                     -- the end: the server's task is over
+        c:close()
+      end)
+    end
+    H.run_until(function() return #results == 20 end, 40)
+    for _, r in ipairs(results) do
+      assert.is_nil(r.r)
+      assert.is_true(asyncore.is_error(r.e, "ETIMEDOUT"), tostring(r.e))
+      assert.equal("read", r.e.op)
+      -- from the first wait to the deadline, data arriving meanwhile or not
+      assert.is_true(r.waited >= 0.45 and r.waited < 2.5, "waited " .. r.waited)
+      assert.is_nil(r.r0)
+      assert.is_true(asyncore.is_error(r.e0, "ETIMEDOUT"), tostring(r.e0))
+      assert.equal("0102030405060708091011121314151617181920end", r.rest)
+    end
+    srv:close()
+  end)
+
+  it("a timed read that was cancelled leaves no deadline behind for the next read", function()
+    local l, port = H.listener()                  -- connects, never sends, never ends
+    local s = run(function() return assert(asyncore.open_stream("127.0.0.1", port)) end)
+    local first = asyncore.spawn(function()
+      s:settimeout(0.2)
+      return s:read()
+    end)
+    H.run_until(function() return first.status == "waiting" end)
+    first:cancel()
+    H.run_until(function() return first.status == "cancelled" end)
+    local r, e, waited = run(function()
+      s:settimeout(1)
+      local t0 = asyncore.now()
+      local r, e = s:read_some()
+      return r, e, asyncore.now() - t0
+    end)
+    assert.is_nil(r)
+    assert.is_true(asyncore.is_error(e, "ETIMEDOUT"), tostring(e))
+    assert.equal("read_some", e.op)
+    assert.is_true(waited >= 0.95 and waited < 6, "waited " .. waited)
+    s:close()
+    l:close()
+  end)
+
   it("one reader at a time (EBUSY); cancelling a reader gives ECANCELED and closes its <close> stream", function()
     local l, port = H.listener()                  -- connects, never sends, never ends
     local s

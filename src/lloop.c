@@ -118,6 +118,10 @@ static int loop_dispatch(lua_State *L)
     lua_settop(L, 1);
     if (ev & AC_EV_TIMEOUT) {   /* expired timeouts: the channel's _timeout_due(kind) */
         static const char *const names[] = {"connect", "handshake", "idle"};
+        if (s->to_due & TO_OP) {    /* a stream's read: its task is woken (no Lua runs) */
+            s->to_due &= ~TO_OP;
+            ac_stream_timed_out(L, 1);
+        }
         for (int k = 0; k < 3; k++) {
             if (!(s->to_due & (1u << k)))
                 continue;

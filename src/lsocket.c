@@ -164,7 +164,7 @@ void ac_sock_close(lua_State *L, ac_socket *s)
         s->fd = -1;
     }
     s->flags &= SF_FILE;
-    s->to_idle = s->to_connect = s->to_handshake = s->to_armed = 0;   /* never after close */
+    s->to_idle = s->to_connect = s->to_handshake = s->to_op = s->to_armed = 0;   /* never after close */
     s->to_due = 0;
     buffer_free(&s->out);
 }

@@ -45,6 +45,7 @@
 #define TO_CONNECT   0x1u
 #define TO_HANDSHAKE 0x2u
 #define TO_IDLE      0x4u
+#define TO_OP        0x8u   /* a stream's read in a task (lstream.c) */
 
 /*
 ** Sockets (and chat states) begin with a magic number: with the userdata's
@@ -76,6 +77,7 @@ typedef struct ac_socket {
     ac_monotime last_io;    /* the last transfer (ac_io_clock then) */
     ac_monotime to_idle;    /* idle timeout, seconds */
     ac_monotime to_connect, to_handshake;
+    ac_monotime to_op;      /* a stream's read waiting in a task gives up then (lstream.c) */
     ac_monotime to_armed;   /* deadline of its live entry in the map state's heap */
 } ac_socket;
 

@@ -5,15 +5,17 @@
 ** the chat's `in` buffer, and read formats are cut out of it here. The
 ** stream methods that run for every message (read, read_until, read_some,
 ** write) are these C functions: while a task reads and nothing is unusual
-** (no timeout set, no error, nobody else reading), a read waits right here
-** (a yield from C: its continuation asks again) with its task in the
-** chat's `reader` slot; a read event of the stream wakes that task without
-** calling into Lua (ac_stream_readable), and the task reads the socket
-** itself. A write of strings goes straight to the socket (one writev) when
-** nothing is queued. A reader that waits with nothing buffered gives the
-** input buffer back: an idle stream holds none. Everything else (timeouts, the top level of a script, errors, a
-** writer held above the high mark) is the Lua side's (lua/asyncore/
-** streams.lua), reached with lua_callk.
+** (no error, nobody else reading), a read waits right here (a yield from
+** C: its continuation asks again) with its task in the chat's `reader`
+** slot; a read event of the stream wakes that task without calling into Lua
+** (ac_stream_readable), and the task reads the socket itself. A read's
+** timeout is its socket's deadline `to_op`, in the channel timeouts' heap
+** (ltimeout.c; ac_stream_timed_out wakes the task). A write of strings goes
+** straight to the socket (one writev) when nothing is queued. A reader that
+** waits with nothing buffered gives the input buffer back: an idle stream
+** holds none. Everything else (the top level of a script, errors, a writer
+** held above the high mark, the timeouts of writes and flushes) is the Lua
+** side's (lua/asyncore/streams.lua), reached with lua_callk.
 */
 #include "config.h"
 #include <errno.h>
@@ -23,6 +25,7 @@
 #include "lstream.h"
 #include "lerror.h"
 #include "lflow.h"
+#include "ltimeout.h"
 
 #define UP_SLOW_READ (AC_NUP + 1)    /* upvalues of the stream methods: the Lua side */
 #define UP_SLOW_WRITE (AC_NUP + 2)
@@ -122,12 +125,15 @@ static int slow_k(lua_State *L, int status, lua_KContext base)
     return lua_gettop(L) - (int)base;
 }
 
+static const char *const fnames[] = {"read", "read", "read", "read", "read_some", "read_until"};
+#define KIND_INDEX(kind) ((kind) == 'n' ? 0 : (kind) == 'l' ? 1 : (kind) == 'L' ? 2 : \
+                          (kind) == 'a' ? 3 : (kind) == 's' ? 4 : 5)
+
 /* the Lua side's read: slow_read(self, kind, arg, max, fname); its results */
 static int read_slow(lua_State *L, int kind)
 {
     static const char *const kinds[] = {"n", "l", "L", "a", "some", "until"};
-    static const char *const fnames[] = {"read", "read", "read", "read", "read_some", "read_until"};
-    int k = kind == 'n' ? 0 : kind == 'l' ? 1 : kind == 'L' ? 2 : kind == 'a' ? 3 : kind == 's' ? 4 : 5;
+    int k = KIND_INDEX(kind);
     lua_settop(L, 3);
     lua_pushvalue(L, lua_upvalueindex(UP_SLOW_READ));
     lua_pushvalue(L, 1);
@@ -197,12 +203,35 @@ static ac_chat *stream_chat(lua_State *L, ac_task *t)
 
 #define stream_sock(L, c) ((c)->sock != NULL ? (c)->sock : ac_chansock(L, 1))
 
-/* a read of task t (or NULL) with the stack normalized to 1 self, 2 arg, 3 max */
-static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
+/* the read's deadline passed: nil, ETIMEDOUT (the stream stays usable) */
+static int timed_out(lua_State *L, ac_chat *c, ac_socket *s, int kind)
 {
-    if (c == NULL || !c->stream || (c->sflags & (STR_ERR | STR_TIMEOUT)) || c->reader != NULL)
+    c->sflags &= ~STR_TIMEDOUT;
+    s->to_op = 0;
+    lua_pushnil(L);
+    ac_pusherror(L, fnames[KIND_INDEX(kind)], ETIMEDOUT, NULL);
+    return 2;
+}
+
+/*
+** A read of task t (or NULL) with the stack normalized to 1 self, 2 arg, 3
+** max; `first`: the read begins (else its task was woken). With a timeout
+** set (settimeout), the first wait sets the socket's to_op deadline, which the
+** channel timeouts' heap watches (ac_stream_timed_out wakes the task).
+*/
+static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c, int first)
+{
+    if (c == NULL || !c->stream || (c->sflags & STR_ERR) || c->reader != NULL)
         return read_slow(L, kind);
     ac_socket *s = stream_sock(L, c);
+    if (c->sflags & STR_TIMEOUT) {
+        if (t == NULL || s == NULL || s->ms == NULL)
+            return read_slow(L, kind);
+        if (first) {
+            c->sflags &= ~STR_TIMEDOUT;
+            s->to_op = 0;
+        }
+    }
     for (;;) {
         int r = take(L, c, s, kind);
         if (r == TAKE_GOT)
@@ -227,6 +256,23 @@ static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c)
         if (c->sflags & STR_ERR)
             return read_slow(L, kind);
     }
+    if (c->sflags & STR_TIMEOUT) {
+        if (c->sflags & STR_TIMEDOUT)
+            return timed_out(L, c, s, kind);
+        if (s->to_op == 0) {                 /* the read's first wait */
+            lua_pushliteral(L, "_timeout");
+            lua_rawget(L, 1);
+            lua_Number secs = lua_tonumber(L, -1);
+            lua_pop(L, 1);
+            if (!(secs > 0))
+                return timed_out(L, c, s, kind);
+            s->to_op = clock_now() + secs;
+            if (ac_timeout_arm(s->ms, s) != 0) {
+                s->to_op = 0;
+                return ac_raise_nomem(L, fnames[KIND_INDEX(kind)]);
+            }
+        }
+    }
     lua_settop(L, 3);
     if (c->in.data != NULL && buffer_len(&c->in) == 0)
         buffer_free(&c->in);         /* idle from here on, maybe for long */
@@ -245,7 +291,7 @@ static int read_k(lua_State *L, int status, lua_KContext kind)
         c->sflags &= ~STR_CREADER;
     }
     ac_task_check_cancel(L, t);
-    return read_go(L, (int)kind, t, c);
+    return read_go(L, (int)kind, t, c, 0);
 }
 
 static int bad_arg(lua_State *L, const char *fname, const char *msg)
@@ -279,7 +325,7 @@ static int lstream_read(lua_State *L)
     }
     lua_settop(L, 3);
     ac_task *t = ac_task_current(L);
-    return read_go(L, kind, t, stream_chat(L, t));
+    return read_go(L, kind, t, stream_chat(L, t), 1);
 }
 
 /* stream:read_until(sep [, max]): the bytes before sep (sep is consumed) */
@@ -292,7 +338,7 @@ static int lstream_read_until(lua_State *L)
         return luaL_error(L, "bad argument #2 to 'read_until' (a byte count >= 0 expected)");
     lua_settop(L, 3);
     ac_task *t = ac_task_current(L);
-    return read_go(L, 'u', t, stream_chat(L, t));
+    return read_go(L, 'u', t, stream_chat(L, t), 1);
 }
 
 /* stream:read_some([max]): what is there (at least a byte), waiting if nothing is */
@@ -306,7 +352,7 @@ static int lstream_read_some(lua_State *L)
     }
     lua_settop(L, 3);
     ac_task *t = ac_task_current(L);
-    return read_go(L, 's', t, stream_chat(L, t));
+    return read_go(L, 's', t, stream_chat(L, t), 1);
 }
 
 /* are the arguments 2..n strings, few and small enough to go out with one
@@ -418,6 +464,15 @@ static int lstream_write(lua_State *L)
     lua_insert(L, 1);
     lua_callk(L, n, LUA_MULTRET, 0, slow_k);
     return slow_k(L, LUA_OK, 0);
+}
+
+void ac_stream_timed_out(lua_State *L, int chan)
+{
+    ac_chat *c = ac_chat_of(L, chan);
+    if (c != NULL && c->stream && c->reader != NULL && (c->sflags & STR_CREADER)) {
+        c->sflags |= STR_TIMEDOUT;
+        ac_task_wake(L, c->reader);
+    }
 }
 
 int ac_stream_readable(lua_State *L, int chan)

@@ -1,6 +1,6 @@
 /*
 ** ltimeout.c: per-channel timeouts. A socket keeps its deadlines (connect,
-** handshake) and its idle timeout with the time of its last transfer
+** handshake, a stream's read: to_op) and its idle timeout with the time of its last transfer
 ** (last_io, which the transports store: a transfer never touches a heap).
 ** Each map state has a heap of (deadline, generation, fd) entries, at most
 ** one live per socket (to_armed), deleted lazily. A pass hook pops the due
@@ -23,6 +23,8 @@ static ac_monotime next_deadline(const ac_socket *s)
         d = s->to_connect;
     if (s->to_handshake > 0 && (d == 0 || s->to_handshake < d))
         d = s->to_handshake;
+    if (s->to_op > 0 && (d == 0 || s->to_op < d))
+        d = s->to_op;
     if (s->to_idle > 0) {
         ac_monotime i = s->last_io + s->to_idle;
         if (d == 0 || i < d)
@@ -41,6 +43,11 @@ static int arm(ac_mapstate *ms, ac_socket *s)
     if (err == 0)
         s->to_armed = d;
     return err;
+}
+
+int ac_timeout_arm(ac_mapstate *ms, ac_socket *s)
+{
+    return arm(ms, s);
 }
 
 void ac_timeout_rearm(ac_mapstate *ms, ac_socket *s)
@@ -81,6 +88,10 @@ static void timeout_hook(lua_State *L, ac_mapstate *ms, int map, ac_monotime now
         if (s->to_handshake > 0 && s->to_handshake <= now) {
             due |= TO_HANDSHAKE;
             s->to_handshake = 0;
+        }
+        if (s->to_op > 0 && s->to_op <= now) {
+            due |= TO_OP;
+            s->to_op = 0;
         }
         if (s->to_idle > 0 && s->last_io + s->to_idle <= now) {
             due |= TO_IDLE;

@@ -8,6 +8,9 @@
 
 /* the socket s joined map state ms (a new generation): arm what it has set */
 void ac_timeout_rearm(ac_mapstate *ms, ac_socket *s);
+/* one of s's deadlines was set or moved (a stream's to_op): make sure an entry
+** comes no later than the earliest; 0 or ENOMEM */
+int ac_timeout_arm(ac_mapstate *ms, ac_socket *s);
 /* adds core.set_timeout; registers the pass hook */
 void ac_timeout_open(lua_State *L, int st, int mt);
 /* microseconds until the map state's next channel timeout is due (0: due

@@ -3,9 +3,9 @@
 -- A stream is an async_chat channel in stream mode (src/lchat.c): what it
 -- reads is kept in the chat's C buffer. read, read_until, read_some and
 -- write are C functions (src/lstream.c) that do the common case themselves
--- (a task reading or writing with no timeout and no error) and call the
--- functions here for the rest: timeouts (timers), the top level of a script,
--- errors, a writer held while the queue is above write_high_water. The tasks
+-- (a task reading, with or without a timeout, or writing, with no error) and
+-- call the functions here for the rest: the top level of a script, errors, a
+-- writer held while the queue is above write_high_water (its timeout a timer). The tasks
 -- waiting on a stream are in C slots (core.stream_slot); the state the C
 -- side checks (_err, _timeout, _wpaused) is mirrored there by `set`. TLS is
 -- the channel's start_tls. One reader and one writer at a time (EBUSY).
