@@ -164,8 +164,6 @@ function H.have_ipv6()
   return ok
 end
 
---- Start a command in the background with a time limit; its stdout goes to a
--- file. Returns a handle with :wait_line(pattern, seconds), :output(), :kill().
 --- The first child process of pid, once it has one (waits at most 5 s).
 function H.child_of(pid)
   local p
@@ -178,6 +176,8 @@ function H.child_of(pid)
   return p
 end
 
+--- Start a command in the background with a time limit; its stdout goes to a
+-- file. Returns a handle with :wait_line(pattern, seconds), :output(), :kill().
 function H.spawn(cmd, limit)
   local out = os.tmpname()
   local pidfile = os.tmpname()

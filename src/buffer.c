@@ -82,6 +82,12 @@ void buffer_shrink(ac_buffer *b)
         buffer_free(b);
 }
 
+void buffer_idle(ac_buffer *b)
+{
+    if (b->data != NULL && b->first == b->last)
+        buffer_free(b);
+}
+
 size_t buffer_find(const ac_buffer *b, size_t from, const char *needle, size_t nlen)
 {
     size_t len = b->last - b->first;

@@ -31,6 +31,9 @@ void buffer_clear(ac_buffer *b);
 size_t buffer_find(const ac_buffer *b, size_t from, const char *needle, size_t nlen);
 /* release memory of a large buffer once it is empty */
 void buffer_shrink(ac_buffer *b);
+/* its owner goes idle (maybe for long): an empty buffer gives its memory back,
+** whatever its size */
+void buffer_idle(ac_buffer *b);
 
 #pragma GCC visibility pop
 #endif

@@ -370,7 +370,7 @@ static int loop_pass(lua_State *L, ac_state *S, ac_mapstate *ms, double timeout)
     ac_monotime now = clock_now();
     ac_io_clock = now;
 
-    if (ms->fork_gen != ac_fork_gen()) {   /* a fork() since the last pass: this is the child */
+    if (ms->fork_gen != ac_fork_count) {   /* a fork() since the last pass: this is the child */
         int err = ac_ms_fresh(ms);
         if (err)
             return ac_raise(L, ms->p.ops->name, err);

@@ -42,14 +42,13 @@ typedef struct ac_mapstate {
     ac_theap toheap;            /* channel timeouts: (deadline, gen, fd), lazily deleted */
     int nsocks;
     uint32_t pred_version;      /* the pred_version the channels' modes were read at */
-    unsigned fork_gen;          /* ac_fork_gen() when its poller was made */
+    unsigned fork_gen;          /* ac_fork_count when its poller was made */
     int shutdown;               /* asyncore.shutdown() under way: loop() ends once the map is empty */
 } ac_mapstate;
 
 /* how many fork()s this process descends from (counted in each child): a map
 ** state made before a fork makes its poller again in the child (ac_ms_fresh) */
 extern unsigned ac_fork_count;
-#define ac_fork_gen() (ac_fork_count)
 /* after a fork: a new poller with every registration of the map state (the
 ** epoll set is the parent's, a kqueue is not inherited), internal ones
 ** dropped (their owners register again), listeners shared (AC_EV_EXCL);

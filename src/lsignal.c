@@ -35,7 +35,7 @@
 static struct {
     int open;                       /* the self-pipe is made: */
     int rd, wr;
-    unsigned fork_gen;              /* ac_fork_gen() when it was made */
+    unsigned fork_gen;              /* ac_fork_count when it was made */
     ac_socket s;                    /* its internal registration */
     int nwatched;
     unsigned char watched[NSIG];    /* our handler is installed */
@@ -80,7 +80,7 @@ static const ac_transport signal_transport = {
 /* the pipe, made (again in a child of fork: the parent's stays the parent's) */
 static int pipe_ready(void)
 {
-    if (G.open && G.fork_gen == ac_fork_gen())
+    if (G.open && G.fork_gen == ac_fork_count)
         return 0;
     if (G.open) {             /* inherited: the child's copies go, unregistered by ac_ms_fresh */
         G.s.ms = NULL;
@@ -106,7 +106,7 @@ static int pipe_ready(void)
     G.s.mode = AC_EV_READ;
     G.rd = fds[0];
     G.wr = fds[1];
-    G.fork_gen = ac_fork_gen();
+    G.fork_gen = ac_fork_count;
     G.open = 1;
     return 0;
 }
@@ -153,7 +153,7 @@ static unsigned signal_event(lua_State *L, int chan, ac_socket *s, unsigned ev)
 static void signal_hook(lua_State *L, ac_mapstate *ms, int map, ac_monotime now, int64_t *wait_us)
 {
     (void)L, (void)map, (void)now, (void)wait_us;
-    if (G.nwatched == 0 || (G.s.ms == ms && G.fork_gen == ac_fork_gen()))
+    if (G.nwatched == 0 || (G.s.ms == ms && G.fork_gen == ac_fork_count))
         return;                       /* nothing watched, or already watched here */
     if (pipe_ready() != 0 || G.s.ms == ms)
         return;

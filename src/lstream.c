@@ -274,8 +274,7 @@ static int read_go(lua_State *L, int kind, ac_task *t, ac_chat *c, int first)
         }
     }
     lua_settop(L, 3);
-    if (c->in.data != NULL && buffer_len(&c->in) == 0)
-        buffer_free(&c->in);         /* idle from here on, maybe for long */
+    buffer_idle(&c->in);             /* it waits: maybe for long */
     c->reader = t;
     c->sflags |= STR_CREADER;
     return ac_task_wait(L, t, kind, read_k);
@@ -528,8 +527,8 @@ static int lstream_take(lua_State *L)
         lua_pushliteral(L, "EMSGSIZE");
         return 2;
     }
-    if (r == TAKE_MORE && c->in.data != NULL && buffer_len(&c->in) == 0)
-        buffer_free(&c->in);                   /* the Lua side waits: as read_go does */
+    if (r == TAKE_MORE)
+        buffer_idle(&c->in);                   /* the Lua side waits: as read_go does */
     lua_pushnil(L);
     lua_pushstring(L, r == TAKE_EOF ? "eof" : "more");
     return 2;

@@ -36,17 +36,13 @@ local Stream = asynchat.async_chat:extend()
 Stream.__name = "asyncore.stream"
 Stream.allow_half_open = true        -- the end of the peer's data is a read's concern
 
-local update_interest = core.update_interest
-
 -- `accepted`: sock came from accept() (serve): it is connected and the
 -- handler gets its peer's address from accept, so the stream asks for no
 -- address of its own (an idle served connection keeps no address table)
 function Stream:init(sock, map, accepted)
   if accepted then
-    rawset(self, "_chat", core.chat_new())
-    if map ~= nil then rawset(self, "_map", map) end
-    self:set_socket(sock, map)
-    update_interest(self)
+    asynchat.async_chat.init(self, nil, map)   -- its chat state and map, then the
+    self:set_socket(sock, map)                 -- socket (no getpeername, no addr)
   else
     asynchat.async_chat.init(self, sock, map)
   end
